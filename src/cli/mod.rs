@@ -1,0 +1,62 @@
+//! The command line: clap types only. Each subcommand's `run` lives in its own file and
+//! calls the library; nothing below `src/cli` is used by the library.
+
+pub mod output;
+pub mod store;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Hermetic, content-addressed toolchains and cross builds.
+///
+/// Everything dockerbuild uses (source archives, toolchains, interpreters, build outputs)
+/// is an immutable entry in a local store, addressed by the BLAKE3 hash of its contents.
+#[derive(Debug, Parser)]
+#[command(name = "dockerbuild", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The store directory [default: from config.toml, else the platform data dir, e.g.
+    /// ~/.local/share/dockerbuild/store]
+    #[arg(long, global = true, env = "DOCKERBUILD_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    /// The config file [default: ~/.config/dockerbuild/config.toml]
+    #[arg(long, global = true, env = "DOCKERBUILD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More logging on stderr (-v: info, -vv: debug, -vvv: trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr; no progress bars
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print data as JSON on stdout (for commands that print data)
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add, inspect, verify, export and collect store entries
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,58 @@
+//! Drawing progress and printing data: the only place that talks to the terminal.
+
+use std::time::Duration;
+
+use dockerbuild::progress::Progress;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Draws library progress as an indicatif bar on stderr (hidden with `-q` or no TTY).
+pub struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    pub fn new(quiet: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Bar { bar }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, what: &str, total_bytes: Option<u64>) {
+        self.bar.reset();
+        if let Some(total) = total_bytes {
+            self.bar.set_length(total);
+        }
+        self.bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        self.bar.set_message(what.to_owned());
+        self.bar.enable_steady_tick(Duration::from_millis(200));
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Human-readable byte counts (1024-based).
+pub fn bytes(n: u64) -> String {
+    indicatif::BinaryBytes(n).to_string()
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! dockerbuild: a hermetic, content-addressed toolchain store and cross-build tool.
+//!
+//! # Map
+//! - [`digest`]: the BLAKE3 [`digest::Digest`] type and its text forms.
+//! - [`tree`]: the canonical form of an entry (file, executable, symlink, directory) and
+//!   how its address is computed; specified in `store-format/README.md`.
+//! - [`store`]: the [`store::Store`] interface and the local backend: atomic insertion,
+//!   locking, verification, gc, export/import.
+//! - [`config`]: `config.toml` and where the store lives by default.
+//! - [`progress`]: how long operations report progress without printing.
+//!
+//! The binary (`src/main.rs`, `src/cli/`) parses arguments, draws progress and prints;
+//! nothing in this library prints.
+//!
+//! # Files dockerbuild owns
+//! - the store (`--store`, `$DOCKERBUILD_STORE`, or `<data dir>/store`), laid out as
+//!   drawn in [`store`];
+//! - `<config dir>/config.toml` ([`config::Config`]).
+
+pub mod config;
+pub mod digest;
+pub mod progress;
+pub mod store;
+pub mod tree;
