@@ -15,6 +15,7 @@ use cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
+    cli::output::set_quiet(cli.global.quiet);
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {

@@ -7,12 +7,7 @@
                                             back from disk, exit 1 if any digest differs
 Needs the `blake3` package (pip install blake3).
 """
-import json
-import os
-import re
-import shutil
-import stat
-import sys
+import json, os, re, shutil, stat, sys
 
 try:
     import blake3
@@ -22,22 +17,10 @@ except ImportError:
 ENTRY_PREFIX = b"dockerbuild-entry-v1\0"
 NAME_RE = re.compile(rb"[A-Za-z0-9+\-._?=]{1,200}")
 
-
-def die(msg):
-    sys.exit(f"b3tree: {msg}")
-
-
-def show(path):
-    return repr(os.fsdecode(path))
-
-
-def u64(n):
-    return n.to_bytes(8, "little")
-
-
-def lp(b):  # bytes(b) in the spec: length-prefixed
-    return u64(len(b)) + b
-
+def die(msg): sys.exit(f"b3tree: {msg}")
+def show(path): return repr(os.fsdecode(path))
+def u64(n): return n.to_bytes(8, "little")
+def lp(b): return u64(len(b)) + b  # `bytes(b)` in the spec
 
 # A node: ("file" | "exec", size, blake3(contents)) | ("symlink", target) | ("dir", {name: node})
 def encode(node):
@@ -52,13 +35,14 @@ def encode(node):
         h.update(lp(name) + encode(children[name]))
     return b"d" + h.digest()
 
-
-def address(name, root):
+def check_name(name):
     if not NAME_RE.fullmatch(name) or name.startswith(b"."):
         die(f"invalid entry name {show(name)}: 1-200 bytes of A-Z a-z 0-9 + - . _ ? =, "
             "not starting with `.`")
-    return "blake3:" + blake3.blake3(ENTRY_PREFIX + lp(name) + encode(root)).hexdigest()
+    return name
 
+def address(name, root):
+    return "blake3:" + blake3.blake3(ENTRY_PREFIX + lp(name) + encode(root)).hexdigest()
 
 def walk(path, top=False):
     """The node for the tree at `path` (bytes); only the top-level symlink is followed."""
@@ -84,16 +68,12 @@ def walk(path, top=False):
     die(f"cannot hash {show(path)}: it is {what}; an entry holds only regular files, "
         "symlinks and directories")
 
-
 def check_component(name):
     if name in (b"", b".", b"..") or b"/" in name or b"\0" in name:
         die(f"vector: child name {name!r} is not allowed")
     return name
 
-
-def contents(v):
-    return bytes.fromhex(v["contents_hex"]) * v.get("repeat", 1)
-
+def contents(v): return bytes.fromhex(v["contents_hex"]) * v.get("repeat", 1)
 
 def from_json(v):
     """The node a vector's JSON tree describes, without touching the disk."""
@@ -113,7 +93,6 @@ def from_json(v):
         return ("dir", kids)
     die(f"vector: unknown node type {t!r}")
 
-
 def materialize(v, path):
     t = v["type"]
     if t in ("file", "exec"):
@@ -127,7 +106,6 @@ def materialize(v, path):
         for c in v["children"]:
             materialize(c["node"], os.path.join(path, check_component(bytes.fromhex(c["name_hex"]))))
 
-
 def run_vectors(vfile, outdir):
     with open(vfile) as f:
         vectors = json.load(f)["vectors"]
@@ -139,10 +117,10 @@ def run_vectors(vfile, outdir):
             shutil.rmtree(root)
         elif os.path.lexists(root):
             os.unlink(root)
-        materialize(v["tree"], root)
-        name = v["name"].encode()
-        on_disk = address(name, walk(root, top=True))
+        name = check_name(v["name"].encode())
         in_memory = address(name, from_json(v["tree"]))
+        materialize(v["tree"], root)
+        on_disk = address(name, walk(root, top=True))
         print(v["id"], on_disk)
         if on_disk != v["digest"] or in_memory != v["digest"]:
             print(f"MISMATCH {v['id']}: expected {v['digest']}, from disk {on_disk}, "
@@ -152,20 +130,18 @@ def run_vectors(vfile, outdir):
         print(f"{failed} of {len(vectors)} vectors differ", file=sys.stderr)
     return 1 if failed else 0
 
-
 def main(argv):
     if len(argv) == 4 and argv[1] == "--vectors":
         return run_vectors(argv[2], argv[3])
     if len(argv) == 3 and not argv[1].startswith("-"):
-        path = os.fsencode(argv[2])
+        name, path = check_name(os.fsencode(argv[1])), os.fsencode(argv[2])
         try:
-            print(address(os.fsencode(argv[1]), walk(path, top=True)))
+            print(address(name, walk(path, top=True)))
         except OSError as e:
             die(f"cannot hash {show(e.filename or path)}: {e.strerror}")
         return 0
     print(__doc__.strip(), file=sys.stderr)
     return 2
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))

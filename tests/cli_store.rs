@@ -25,15 +25,46 @@ fn json(s: &str) -> serde_json::Value {
 fn add_prints_the_store_path_and_is_idempotent() {
     let env = TestEnv::new();
     let src = sample(&env);
-    let p1 = env.ok(&["store", "add", src.to_str().unwrap(), "--name", "demo", "--kind", "toolchain"]);
-    let p2 = env.ok(&["store", "add", src.to_str().unwrap(), "--name", "demo", "--kind", "toolchain"]);
+    let p1 = env.ok(&[
+        "store",
+        "add",
+        src.to_str().unwrap(),
+        "--name",
+        "demo",
+        "--kind",
+        "toolchain",
+    ]);
+    let p2 = env.ok(&[
+        "store",
+        "add",
+        src.to_str().unwrap(),
+        "--name",
+        "demo",
+        "--kind",
+        "toolchain",
+    ]);
     assert_eq!(p1, p2);
     let path = std::path::PathBuf::from(p1.trim());
     assert!(path.starts_with(env.store().join("v1")));
-    assert!(path.file_name().unwrap().to_str().unwrap().ends_with("-demo"));
-    assert_eq!(std::fs::read(path.join("share/doc.txt")).unwrap(), b"documentation");
-    assert_eq!(std::fs::read_link(path.join("link")).unwrap().to_str(), Some("bin/tool"));
-    let mode = std::fs::metadata(path.join("bin/tool")).unwrap().permissions().mode();
+    assert!(
+        path.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with("-demo")
+    );
+    assert_eq!(
+        std::fs::read(path.join("share/doc.txt")).unwrap(),
+        b"documentation"
+    );
+    assert_eq!(
+        std::fs::read_link(path.join("link")).unwrap().to_str(),
+        Some("bin/tool")
+    );
+    let mode = std::fs::metadata(path.join("bin/tool"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o555, "executable and read-only");
     assert!(env.staging_debris().is_empty());
     assert_eq!(env.entries_on_disk().len(), 1);
@@ -44,7 +75,16 @@ fn ls_show_and_path_agree_and_json_is_machine_readable() {
     let env = TestEnv::new();
     let src = sample(&env);
     let added = json(&env.ok(&[
-        "--json", "store", "add", src.to_str().unwrap(), "--name", "demo", "--version", "1.2", "--kind", "source",
+        "--json",
+        "store",
+        "add",
+        src.to_str().unwrap(),
+        "--name",
+        "demo",
+        "--version",
+        "1.2",
+        "--kind",
+        "source",
     ]));
     let digest = added["digest"].as_str().unwrap().to_owned();
     assert!(digest.starts_with("blake3:"));
@@ -53,7 +93,10 @@ fn ls_show_and_path_agree_and_json_is_machine_readable() {
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["digest"], added["digest"]);
     assert_eq!(listed[0]["version"], "1.2");
-    assert!(env.ok(&["--json", "store", "ls", "--kind", "wheel"]).contains("[]"));
+    assert!(
+        env.ok(&["--json", "store", "ls", "--kind", "wheel"])
+            .contains("[]")
+    );
     let by_name = env.ok(&["store", "path", "demo"]);
     let by_prefix = env.ok(&["store", "path", &digest["blake3:".len()..][..10]]);
     assert_eq!(by_name, by_prefix);
@@ -67,7 +110,13 @@ fn an_ambiguous_name_lists_the_candidates_and_fails() {
     write(&env.path().join("a"), b"1");
     write(&env.path().join("b"), b"2");
     for f in ["a", "b"] {
-        env.ok(&["store", "add", env.path().join(f).to_str().unwrap(), "--name", "same"]);
+        env.ok(&[
+            "store",
+            "add",
+            env.path().join(f).to_str().unwrap(),
+            "--name",
+            "same",
+        ]);
     }
     let err = env.fails(&["store", "path", "same"]);
     assert!(err.contains("matches 2 entries"), "{err}");
@@ -80,15 +129,32 @@ fn an_ambiguous_name_lists_the_candidates_and_fails() {
 fn bad_names_and_special_files_are_refused_without_leftovers() {
     let env = TestEnv::new();
     write(&env.path().join("f"), b"x");
-    let err = env.fails(&["store", "add", env.path().join("f").to_str().unwrap(), "--name", "../evil"]);
+    let err = env.fails(&[
+        "store",
+        "add",
+        env.path().join("f").to_str().unwrap(),
+        "--name",
+        "../evil",
+    ]);
     assert!(err.contains("invalid entry name `../evil`"), "{err}");
     let dir = env.path().join("withfifo");
     std::fs::create_dir_all(&dir).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &dir.join("pipe"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
     let err = env.fails(&["store", "add", dir.to_str().unwrap(), "--name", "x"]);
     assert!(err.contains("a fifo"), "{err}");
     assert!(env.entries_on_disk().is_empty());
-    assert!(env.staging_debris().is_empty(), "{:?}", env.staging_debris());
+    assert!(
+        env.staging_debris().is_empty(),
+        "{:?}",
+        env.staging_debris()
+    );
 }
 
 #[test]
@@ -105,7 +171,10 @@ fn verify_finds_corruption_and_repair_removes_it() {
     std::fs::write(&victim, b"documentatioN").unwrap();
     let err = env.fails(&["store", "verify"]);
     assert!(err.contains("corrupt:") && err.contains("-demo"), "{err}");
-    assert!(!err.contains("-good"), "only the damaged entry is named: {err}");
+    assert!(
+        !err.contains("-good"),
+        "only the damaged entry is named: {err}"
+    );
     env.ok(&["store", "verify", "--repair"]);
     env.ok(&["store", "verify"]);
     assert_eq!(env.entries_on_disk().len(), 1);
@@ -115,19 +184,38 @@ fn verify_finds_corruption_and_repair_removes_it() {
 fn export_import_round_trips_between_stores() {
     let env = TestEnv::new();
     let src = sample(&env);
-    let path = env.ok(&["store", "add", src.to_str().unwrap(), "--name", "demo", "--version", "7"]);
+    let path = env.ok(&[
+        "store",
+        "add",
+        src.to_str().unwrap(),
+        "--name",
+        "demo",
+        "--version",
+        "7",
+    ]);
     let file = env.path().join("demo.tar.zst");
     env.ok(&["store", "export", "demo", "-o", file.to_str().unwrap()]);
     let other = env.path().join("other");
-    let out = env.cmd_with_store(&other).args(["store", "import", file.to_str().unwrap()]).output().unwrap();
+    let out = env
+        .cmd_with_store(&other)
+        .args(["store", "import", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     common::assert_success(&out, &"import");
     let imported = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         std::path::Path::new(imported.trim()).file_name(),
         std::path::Path::new(path.trim()).file_name()
     );
-    let out = env.cmd_with_store(&other).args(["--json", "store", "show", "demo"]).output().unwrap();
-    assert_eq!(json(&String::from_utf8(out.stdout).unwrap())["version"], "7");
+    let out = env
+        .cmd_with_store(&other)
+        .args(["--json", "store", "show", "demo"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        json(&String::from_utf8(out.stdout).unwrap())["version"],
+        "7"
+    );
 }
 
 /// Rewrites an export, changing one byte of the first file's contents.
@@ -146,7 +234,12 @@ fn tamper(export: &[u8]) -> Vec<u8> {
             data[0] ^= 1;
             done = true;
         }
-        out.append_data(&mut header, std::ffi::OsStr::new(std::str::from_utf8(&path).unwrap()), data.as_slice()).unwrap();
+        out.append_data(
+            &mut header,
+            std::ffi::OsStr::new(std::str::from_utf8(&path).unwrap()),
+            data.as_slice(),
+        )
+        .unwrap();
     }
     assert!(done, "nothing to tamper with");
     zstd::encode_all(out.into_inner().unwrap().as_slice(), 3).unwrap()
@@ -162,23 +255,42 @@ fn a_tampered_export_is_refused_and_changes_nothing() {
     let bad = env.path().join("bad.tar.zst");
     std::fs::write(&bad, tamper(&std::fs::read(&file).unwrap())).unwrap();
     let other = env.path().join("other");
-    let out = env.cmd_with_store(&other).args(["store", "import", bad.to_str().unwrap()]).output().unwrap();
+    let out = env
+        .cmd_with_store(&other)
+        .args(["store", "import", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("hash to blake3:") && err.contains("was expected"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(other.join("v1")).unwrap().flatten()
+    assert!(
+        err.contains("hash to blake3:") && err.contains("was expected"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(other.join("v1"))
+        .unwrap()
+        .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.')).collect();
+        .filter(|n| !n.starts_with('.'))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(std::fs::read_dir(other.join("v1/.tmp")).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(other.join("v1/.meta")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(other.join("v1/.meta")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
 fn hostile_export_members_are_refused() {
     let env = TestEnv::new();
     write(&env.path().join("f"), b"x");
-    env.ok(&["store", "add", env.path().join("f").to_str().unwrap(), "--name", "f"]);
+    env.ok(&[
+        "store",
+        "add",
+        env.path().join("f").to_str().unwrap(),
+        "--name",
+        "f",
+    ]);
     let file = env.path().join("f.tar.zst");
     env.ok(&["store", "export", "f", "-o", file.to_str().unwrap()]);
     // Keep the genuine header but follow it with a member escaping `entry/`.
@@ -191,7 +303,9 @@ fn hostile_export_members_are_refused() {
     let mut h = tar::Header::new_gnu();
     h.set_size(head.len() as u64);
     h.set_mode(0o644);
-    hostile.append_data(&mut h, "dockerbuild-export.json", head.as_slice()).unwrap();
+    hostile
+        .append_data(&mut h, "dockerbuild-export.json", head.as_slice())
+        .unwrap();
     let mut h = tar::Header::new_old();
     h.set_size(1);
     h.set_mode(0o644);
@@ -200,12 +314,20 @@ fn hostile_export_members_are_refused() {
     hostile.append(&h, &b"x"[..]).unwrap();
     let bad = env.path().join("hostile.tar.zst");
     let mut f = std::fs::File::create(&bad).unwrap();
-    f.write_all(&zstd::encode_all(hostile.into_inner().unwrap().as_slice(), 3).unwrap()).unwrap();
+    f.write_all(&zstd::encode_all(hostile.into_inner().unwrap().as_slice(), 3).unwrap())
+        .unwrap();
     let other = env.path().join("other");
-    let out = env.cmd_with_store(&other).args(["store", "import", bad.to_str().unwrap()]).output().unwrap();
+    let out = env
+        .cmd_with_store(&other)
+        .args(["store", "import", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("malformed export") || err.contains("not allowed"), "{err}");
+    assert!(
+        err.contains("malformed export") || err.contains("not allowed"),
+        "{err}"
+    );
     assert!(!env.path().join("x").exists() && !other.join("v1/x").exists());
 }
 
@@ -215,7 +337,14 @@ fn gc_keeps_pins_registered_lockfiles_and_their_references() {
     let add = |name: &str, extra: &[&str]| -> String {
         let f = env.path().join(name);
         write(&f, name.as_bytes());
-        let mut args = vec!["--json", "store", "add", f.to_str().unwrap(), "--name", name];
+        let mut args = vec![
+            "--json",
+            "store",
+            "add",
+            f.to_str().unwrap(),
+            "--name",
+            name,
+        ];
         args.extend_from_slice(extra);
         json(&env.ok(&args))["digest"].as_str().unwrap().to_owned()
     };
@@ -227,7 +356,10 @@ fn gc_keeps_pins_registered_lockfiles_and_their_references() {
     env.ok(&["store", "pin", &app]);
     env.ok(&["store", "pin", &pinned]);
     let lockfile = env.path().join("dockerbuild.lock");
-    write(&lockfile, format!("[[source]]\nname = \"locked\"\nblake3 = \"{locked}\"\n").as_bytes());
+    write(
+        &lockfile,
+        format!("[[source]]\nname = \"locked\"\nblake3 = \"{locked}\"\n").as_bytes(),
+    );
     env.ok(&["store", "add-root", lockfile.to_str().unwrap()]);
 
     let dry = json(&env.ok(&["--json", "store", "gc", "--dry-run"]));
@@ -254,7 +386,10 @@ fn gc_keeps_pins_registered_lockfiles_and_their_references() {
 fn config_file_names_the_store() {
     let env = TestEnv::new();
     let store = env.path().join("from-config");
-    write(&env.path().join("config.toml"), format!("store = {:?}\n", store.to_str().unwrap()).as_bytes());
+    write(
+        &env.path().join("config.toml"),
+        format!("store = {:?}\n", store.to_str().unwrap()).as_bytes(),
+    );
     write(&env.path().join("f"), b"x");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dockerbuild"))
         .env_remove("DOCKERBUILD_STORE")
@@ -272,7 +407,21 @@ fn config_file_names_the_store() {
 #[test]
 fn help_is_there_for_every_subcommand() {
     let env = TestEnv::new();
-    for sub in ["add", "path", "ls", "show", "verify", "gc", "pin", "unpin", "add-root", "remove-root", "roots", "export", "import"] {
+    for sub in [
+        "add",
+        "path",
+        "ls",
+        "show",
+        "verify",
+        "gc",
+        "pin",
+        "unpin",
+        "add-root",
+        "remove-root",
+        "roots",
+        "export",
+        "import",
+    ] {
         let out = env.ok(&["store", sub, "--help"]);
         assert!(out.contains("Usage: dockerbuild store"), "{sub}: {out}");
     }

@@ -14,23 +14,38 @@ fn sigkill_at_any_moment_leaves_no_partial_entry() {
     let env = TestEnv::new();
     let src = env.path().join("big");
     let bytes = make_tree(&src, 3000, 256 * 1024);
-    assert!(bytes > 60 << 20, "tree is large enough to kill mid-add ({bytes} bytes)");
+    assert!(
+        bytes > 60 << 20,
+        "tree is large enough to kill mid-add ({bytes} bytes)"
+    );
     let src_s = src.to_str().unwrap();
 
     // How long one uninterrupted add takes, in a separate store.
     let t0 = Instant::now();
-    let out = env.cmd_with_store(&env.path().join("timing")).args(["store", "add", src_s, "--name", "big"]).output().unwrap();
+    let out = env
+        .cmd_with_store(&env.path().join("timing"))
+        .args(["store", "add", src_s, "--name", "big"])
+        .output()
+        .unwrap();
     common::assert_success(&out, &"timing add");
     let full = t0.elapsed();
     let expected = String::from_utf8(out.stdout).unwrap();
-    let expected_name = std::path::Path::new(expected.trim()).file_name().unwrap().to_owned();
+    let expected_name = std::path::Path::new(expected.trim())
+        .file_name()
+        .unwrap()
+        .to_owned();
 
     const KILLS: u32 = 24;
     let (mut mid_add, mut with_debris) = (0, 0);
     for i in 0..KILLS {
         let delay = full.mul_f64(f64::from(i) / f64::from(KILLS));
-        let mut child = env.cmd().args(["store", "add", src_s, "--name", "big"])
-            .stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = env
+            .cmd()
+            .args(["store", "add", src_s, "--name", "big"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(delay);
         let still_running = child.try_wait().unwrap().is_none();
         child.kill().unwrap(); // SIGKILL
@@ -43,21 +58,36 @@ fn sigkill_at_any_moment_leaves_no_partial_entry() {
         }
         // Either no entry or the whole entry, never anything else.
         let entries = env.entries_on_disk();
-        assert!(entries.is_empty() || entries == vec![expected_name.to_string_lossy().into_owned()], "{entries:?}");
+        assert!(
+            entries.is_empty() || entries == vec![expected_name.to_string_lossy().into_owned()],
+            "{entries:?}"
+        );
         env.ok(&["store", "verify"]);
         if !entries.is_empty() {
             env.ok(&["store", "gc"]); // unpinned: deleted, so the next add starts over
         }
     }
-    eprintln!("{mid_add}/{KILLS} kills landed while add was running; {with_debris} left staging debris; full add took {full:?}");
-    assert!(mid_add * 4 >= KILLS * 3, "most kills must land mid-add ({mid_add}/{KILLS})");
+    eprintln!(
+        "{mid_add}/{KILLS} kills landed while add was running; {with_debris} left staging debris; full add took {full:?}"
+    );
+    assert!(
+        mid_add * 4 >= KILLS * 3,
+        "most kills must land mid-add ({mid_add}/{KILLS})"
+    );
     assert!(with_debris > 0, "some kills must have interrupted staging");
 
     // The next run cleans the debris and adds the same entry as an undisturbed run.
     let path = env.ok(&["store", "add", src_s, "--name", "big"]);
-    assert_eq!(std::path::Path::new(path.trim()).file_name().unwrap(), expected_name);
+    assert_eq!(
+        std::path::Path::new(path.trim()).file_name().unwrap(),
+        expected_name
+    );
     env.ok(&["store", "verify"]);
-    assert!(env.staging_debris().is_empty(), "{:?}", env.staging_debris());
+    assert!(
+        env.staging_debris().is_empty(),
+        "{:?}",
+        env.staging_debris()
+    );
 }
 
 /// Several processes add the same trees and different ones at once.
@@ -70,9 +100,17 @@ fn concurrent_adds_never_corrupt_anything() {
     for i in 0..6 {
         let own = env.path().join(format!("own{i}"));
         common::write(&own.join("f"), format!("process {i}").as_bytes());
-        for (src, name) in [(shared.clone(), "shared".to_owned()), (own, format!("own{i}"))] {
-            let child = env.cmd().args(["store", "add", src.to_str().unwrap(), "--name", &name])
-                .stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        for (src, name) in [
+            (shared.clone(), "shared".to_owned()),
+            (own, format!("own{i}")),
+        ] {
+            let child = env
+                .cmd()
+                .args(["store", "add", src.to_str().unwrap(), "--name", &name])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
             children.push((name, child));
         }
     }
@@ -97,8 +135,12 @@ fn gc_waits_for_adds_in_progress() {
     let env = TestEnv::new();
     let src = env.path().join("tree");
     make_tree(&src, 1500, 256 * 1024);
-    let add = env.cmd().args(["store", "add", src.to_str().unwrap(), "--name", "tree"])
-        .stdout(Stdio::piped()).spawn().unwrap();
+    let add = env
+        .cmd()
+        .args(["store", "add", src.to_str().unwrap(), "--name", "tree"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(30));
     let gc = env.cmd().args(["store", "gc"]).output().unwrap();
     common::assert_success(&gc, &"gc");
@@ -115,8 +157,16 @@ fn a_full_disk_fails_cleanly() {
     let mnt = env.path().join("small");
     std::fs::create_dir_all(&mnt).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt.to_str().unwrap()])
-        .status().is_ok_and(|s| s.success());
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=2m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
     if !available("a tmpfs mount (run as root)", mounted) {
         return;
     }
@@ -130,16 +180,40 @@ fn a_full_disk_fails_cleanly() {
     let store = mnt.join("store");
     common::write(&env.path().join("small.txt"), b"fits");
     common::write(&env.path().join("big.bin"), &vec![7u8; 3 << 20]);
-    let ok = env.cmd_with_store(&store).args(["store", "add", env.path().join("small.txt").to_str().unwrap()]).output().unwrap();
+    let ok = env
+        .cmd_with_store(&store)
+        .args([
+            "store",
+            "add",
+            env.path().join("small.txt").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     common::assert_success(&ok, &"small add");
-    let out = env.cmd_with_store(&store).args(["store", "add", env.path().join("big.bin").to_str().unwrap()]).output().unwrap();
+    let out = env
+        .cmd_with_store(&store)
+        .args(["store", "add", env.path().join("big.bin").to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No space left on device"), "{err}");
-    let names: Vec<_> = std::fs::read_dir(store.join("v1")).unwrap().flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect();
+    let names: Vec<_> = std::fs::read_dir(store.join("v1"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
     assert_eq!(names.len(), 1, "only the first entry: {names:?}");
-    assert_eq!(std::fs::read_dir(store.join("v1/.tmp")).unwrap().count(), 0, "no staging left");
-    let v = env.cmd_with_store(&store).args(["store", "verify"]).output().unwrap();
+    assert_eq!(
+        std::fs::read_dir(store.join("v1/.tmp")).unwrap().count(),
+        0,
+        "no staging left"
+    );
+    let v = env
+        .cmd_with_store(&store)
+        .args(["store", "verify"])
+        .output()
+        .unwrap();
     common::assert_success(&v, &"verify");
 }

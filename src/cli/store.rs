@@ -208,7 +208,7 @@ pub fn run(cmd: StoreCommand, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
         StoreCommand::Pin { entry } => {
             let e = store.resolve(&entry)?;
             store.pin(&e.meta.digest)?;
-            eprintln!("pinned {} ({})", e.meta.digest, e.meta.name);
+            output::status(format!("pinned {} ({})", e.meta.digest, e.meta.name));
         }
         StoreCommand::Unpin { entry } => {
             let d = match Digest::parse(&entry) {
@@ -218,17 +218,17 @@ pub fn run(cmd: StoreCommand, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
             if !store.unpin(&d)? {
                 bail!("{d} is not pinned");
             }
-            eprintln!("unpinned {d}");
+            output::status(format!("unpinned {d}"));
         }
         StoreCommand::AddRoot { file } => {
             let abs = store.add_root(&file)?;
-            eprintln!("registered gc root {}", abs.display());
+            output::status(format!("registered gc root {}", abs.display()));
         }
         StoreCommand::RemoveRoot { file } => {
             if !store.remove_root(&file)? {
                 bail!("`{}` is not a registered gc root", file.display());
             }
-            eprintln!("unregistered gc root {}", file.display());
+            output::status(format!("unregistered gc root {}", file.display()));
         }
         StoreCommand::Roots => {
             let pins = store.pins()?;
@@ -342,10 +342,10 @@ fn verify(
         )?;
     }
     if bad.is_empty() {
-        eprintln!("all entries verified");
+        output::status("all entries verified");
         Ok(0)
     } else if repair {
-        eprintln!("{} corrupt entries removed", bad.len());
+        output::status(format!("{} corrupt entries removed", bad.len()));
         Ok(0)
     } else {
         eprintln!(
@@ -374,11 +374,11 @@ fn gc(g: &GlobalArgs, store_dir: &Path, dry_run: bool) -> Result<i32> {
     for (d, name) in &report.deleted {
         println!("{verb} {d} {name}");
     }
-    eprintln!(
+    output::status(format!(
         "{verb} {} entries, {} freed; {} kept",
         report.deleted.len(),
         output::bytes(report.freed_bytes),
         report.kept
-    );
+    ));
     Ok(0)
 }

@@ -131,6 +131,30 @@ pub fn remove_and_verify<S: Store>(store: &S, scratch: &Path) {
     assert!(!a.path.exists());
 }
 
+pub fn top_level_symlinks_are_followed<S: Store>(store: &S, scratch: &Path) {
+    std::fs::write(scratch.join("target"), b"pointed at").unwrap();
+    std::os::unix::fs::symlink(scratch.join("target"), scratch.join("link")).unwrap();
+    let via_link = store
+        .add_path(
+            &scratch.join("link"),
+            &NewEntry::new("f", Kind::Other),
+            &Silent,
+        )
+        .unwrap();
+    let direct = store
+        .add_path(
+            &scratch.join("target"),
+            &NewEntry::new("f", Kind::Other),
+            &Silent,
+        )
+        .unwrap();
+    assert_eq!(via_link, direct);
+    assert_eq!(
+        store.verify(&direct.meta.digest, &Silent).unwrap(),
+        Verification::Ok
+    );
+}
+
 /// Instantiates the suite for a backend: `conformance_suite!(module, |dir| make_store(dir))`.
 macro_rules! conformance_suite {
     ($module:ident, $make:expr) => {
@@ -161,6 +185,11 @@ macro_rules! conformance_suite {
                 let (d, s) = fresh();
                 let (_d2, t) = fresh();
                 $crate::store::conformance::export_import_round_trip(&s, &t, d.path());
+            }
+            #[test]
+            fn top_level_symlinks_are_followed() {
+                let (d, s) = fresh();
+                $crate::store::conformance::top_level_symlinks_are_followed(&s, d.path());
             }
             #[test]
             fn remove_and_verify() {

@@ -5,13 +5,13 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, RenameFlags, renameat_with};
+use rustix::fs::{CWD, RenameFlags, renameat_with};
 use tracing::{debug, instrument};
 
 use super::lock::{self, Mode};
 use super::meta::{EntryMeta, FORMAT_VERSION, NewEntry, validate_name};
 use super::stage::{self, Staging};
-use super::walk::{copy_path, hash_path, remove_tree};
+use super::walk::{copy_path, follow_top, hash_path, remove_tree};
 use super::{Entry, Result, Store, StoreError, Verification, export};
 use crate::digest::Digest;
 use crate::progress::Progress;
@@ -155,6 +155,8 @@ impl LocalStore {
         let meta_path = self.meta_path(&digest);
         fs::rename(&meta_tmp, &meta_path)
             .map_err(StoreError::io("publish metadata", &meta_path))?;
+        // The metadata must be durable before the entry can be seen.
+        fsync_dir(&self.dir.join(".meta"))?;
         let item = staging.item();
         match renameat_with(CWD, &item, CWD, &final_path, RenameFlags::NOREPLACE) {
             Ok(()) => {}
@@ -314,7 +316,7 @@ impl Store for LocalStore {
     fn add_path(&self, src: &Path, new: &NewEntry, progress: &dyn Progress) -> Result<Entry> {
         validate_name(&new.name)?;
         let staging = self.staging()?;
-        let node = copy_path(src, &staging.item(), progress)?;
+        let node = copy_path(&follow_top(src)?, &staging.item(), progress)?;
         self.publish(staging, node, new)
     }
 
@@ -392,7 +394,7 @@ impl Store for LocalStore {
                 source: e.into(),
             }
         })?;
-        let _ = rustix::fs::unlinkat(CWD, &self.meta_path(digest), AtFlags::empty());
+        let _ = fs::remove_file(self.meta_path(digest));
         remove_tree(&trash)?;
         Ok(true)
     }

@@ -126,7 +126,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The interface of a store backend. Every backend passes the suite in `conformance.rs`.
 pub trait Store {
-    /// Adds the file or directory tree at `src` (a top-level symlink is followed), copying
+    /// Adds the file or directory tree at `src` (if `src` is a symlink, what it names), copying
     /// and hashing in one pass. Adding an entry that exists is a no-op returning it.
     fn add_path(&self, src: &Path, new: &NewEntry, progress: &dyn Progress) -> Result<Entry>;
 

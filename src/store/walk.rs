@@ -92,9 +92,20 @@ fn file_type_name(ft: &fs::FileType) -> &'static str {
     }
 }
 
-/// Hashes the tree at `src` (top-level symlinks followed) without copying it.
+/// Hashes the tree at `src` without copying it. A top-level symlink is hashed as a
+/// symlink (as entries store it); callers who want its target resolve it first.
 pub fn hash_path(src: &Path, progress: &dyn Progress) -> Result<Node> {
     walk(src, None, progress)
+}
+
+/// Resolves `src` if it is itself a symlink: `store add link` adds what the link names.
+pub(crate) fn follow_top(src: &Path) -> Result<PathBuf> {
+    let meta = fs::symlink_metadata(src).map_err(StoreError::io("stat", src))?;
+    if meta.file_type().is_symlink() {
+        fs::canonicalize(src).map_err(StoreError::io("resolve symlink", src))
+    } else {
+        Ok(src.to_owned())
+    }
 }
 
 /// Copies the tree at `src` to `dest` (which must not exist), hashing as it copies,
@@ -104,7 +115,7 @@ pub(crate) fn copy_path(src: &Path, dest: &Path, progress: &dyn Progress) -> Res
 }
 
 fn walk(src: &Path, dest: Option<&Path>, progress: &dyn Progress) -> Result<Node> {
-    let meta = fs::metadata(src).map_err(StoreError::io("stat", src))?;
+    let meta = fs::symlink_metadata(src).map_err(StoreError::io("stat", src))?;
     let mut w = Walk {
         jobs: Vec::new(),
         total: 0,

@@ -100,7 +100,10 @@ pub fn in_ci() -> bool {
 /// Returns false (after saying why) when a test must be skipped; panics in CI instead.
 pub fn available(component: &str, ok: bool) -> bool {
     if !ok {
-        assert!(!in_ci(), "{component} is required under CI=true but is missing");
+        assert!(
+            !in_ci(),
+            "{component} is required under CI=true but is missing"
+        );
         eprintln!("SKIP: {component} is not available");
     }
     ok
