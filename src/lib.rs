@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod digest;
+pub mod fetch;
 pub mod progress;
 pub mod store;
 pub mod tree;

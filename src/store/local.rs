@@ -10,8 +10,8 @@ use tracing::{debug, instrument};
 
 use super::lock::{self, Mode};
 use super::meta::{EntryMeta, FORMAT_VERSION, NewEntry, validate_name};
-use super::stage::{self, Staging};
-use super::walk::{copy_path, follow_top, hash_path, remove_tree};
+use super::stage::{self, StagedFile, StagedTree, Staging, TreeWriter};
+use super::walk::{copy_path, create_file, follow_top, hash_path, remove_tree, seal_file};
 use super::{Entry, Result, Store, StoreError, Verification, export};
 use crate::digest::Digest;
 use crate::progress::Progress;
@@ -184,6 +184,64 @@ impl LocalStore {
             meta,
             path: final_path,
         })
+    }
+
+    /// Starts a directory tree in the staging area.
+    pub fn stage_tree(&self) -> Result<StagedTree> {
+        let staging = self.staging()?;
+        let writer = TreeWriter::new(staging.item())?;
+        Ok(StagedTree { staging, writer })
+    }
+
+    /// Publishes a tree built with [`LocalStore::stage_tree`].
+    pub fn commit_tree(&self, tree: StagedTree, new: &NewEntry) -> Result<Entry> {
+        validate_name(&new.name)?;
+        let node = tree.writer.finish()?;
+        self.publish(tree.staging, node, new)
+    }
+
+    /// Starts a single file in the staging area.
+    pub fn stage_file(&self) -> Result<StagedFile> {
+        let staging = self.staging()?;
+        let path = staging.item();
+        let file = create_file(&path, false)?;
+        Ok(StagedFile {
+            staging,
+            file,
+            path,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+        })
+    }
+
+    /// Publishes a file written with [`LocalStore::stage_file`]; with `expected`, only if
+    /// it has that address.
+    pub fn commit_file(
+        &self,
+        file: StagedFile,
+        new: &NewEntry,
+        executable: bool,
+        expected: Option<Digest>,
+    ) -> Result<Entry> {
+        validate_name(&new.name)?;
+        seal_file(&file.file, &file.path, executable)?;
+        let node = Node::File {
+            executable,
+            size: file.written,
+            contents: file.hasher.finalize().into(),
+        };
+        let actual = node.entry_digest(&new.name);
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(StoreError::DigestMismatch {
+                subject: format!("entry `{}`", new.name),
+                expected,
+                actual,
+            });
+        }
+        drop(file.file);
+        self.publish(file.staging, node, new)
     }
 
     /// Re-hashes an entry's path and compares it with its address and metadata.

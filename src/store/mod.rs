@@ -41,7 +41,7 @@ pub use meta::{
     EntryMeta, FORMAT_VERSION, InvalidName, Kind, MAX_NAME_LEN, NewEntry, sanitize_name,
     validate_name,
 };
-pub use stage::TreeWriter;
+pub use stage::{StagedFile, StagedTree, TreeWriter};
 pub use walk::hash_path;
 
 use crate::digest::Digest;

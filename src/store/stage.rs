@@ -338,3 +338,56 @@ fn display_path(path: &[Vec<u8>]) -> String {
         .collect::<Vec<_>>()
         .join("/")
 }
+
+/// A directory tree being built in the staging area (unpacked archives, build outputs).
+/// Dropping it without [`crate::store::LocalStore::commit_tree`] deletes it.
+pub struct StagedTree {
+    pub(crate) staging: Staging,
+    /// Adds members; paths are checked against what was written so far.
+    pub writer: TreeWriter,
+}
+
+/// One file being written in the staging area, hashed as it is written (downloads).
+/// Dropping it without [`crate::store::LocalStore::commit_file`] deletes it.
+pub struct StagedFile {
+    pub(crate) staging: Staging,
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    pub(crate) hasher: blake3::Hasher,
+    pub(crate) written: u64,
+}
+
+impl StagedFile {
+    /// Bytes written so far (where a resumed download continues).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Discards everything written (a server that cannot resume sends it all again).
+    pub fn reset(&mut self) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.file.set_len(0)?;
+        self.file.seek(std::io::SeekFrom::Start(0))?;
+        self.hasher.reset();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Where the bytes are being written (to read back a small file, e.g. an index).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::io::Write for StagedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
