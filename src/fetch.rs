@@ -251,9 +251,26 @@ impl Http {
                 } else {
                     check_status(url, status)?;
                 }
+                let announced = resp
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(|n| out.written() + n);
                 let mut body = resp.into_body();
                 let mut reader = body.as_reader();
-                copy(&mut reader, out, &mut sha, &mut buf, url, progress, self)?;
+                match copy(&mut reader, out, &mut sha, &mut buf, url, progress, self) {
+                    Err(FetchError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    {
+                        return Err(FetchError::Truncated {
+                            url: url.to_owned(),
+                            expected: expected_size.or(announced).unwrap_or(0),
+                            got: out.written(),
+                        });
+                    }
+                    r => r?,
+                }
                 if let Some(size) = expected_size
                     && out.written() < size
                 {
