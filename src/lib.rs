@@ -17,9 +17,13 @@
 //!   drawn in [`store`];
 //! - `<config dir>/config.toml` ([`config::Config`]).
 
+pub mod archive;
 pub mod config;
 pub mod digest;
 pub mod fetch;
+pub mod lock;
 pub mod progress;
+pub mod project;
+pub mod source;
 pub mod store;
 pub mod tree;

@@ -59,5 +59,7 @@ fn run(cli: Cli) -> Result<i32> {
     tracing::debug!(store = %store_dir.display(), "using store");
     match cli.command {
         Command::Store(cmd) => cli::store::run(cmd, g, &store_dir),
+        Command::Lock(args) => cli::sources::lock(args, g, &store_dir),
+        Command::Sources(args) => cli::sources::sources(args, g, &store_dir),
     }
 }

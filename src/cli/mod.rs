@@ -2,6 +2,7 @@
 //! calls the library; nothing below `src/cli` is used by the library.
 
 pub mod output;
+pub mod sources;
 pub mod store;
 
 use std::path::PathBuf;
@@ -43,10 +44,30 @@ pub struct GlobalArgs {
     /// Print data as JSON on stdout (for commands that print data)
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Fail instead of changing the lockfile (as in CI)
+    #[arg(long, global = true)]
+    pub locked: bool,
+
+    /// The project directory holding sources.toml [default: the nearest ancestor of the
+    /// current directory that has one]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub project: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Pin every source in sources.toml into lockfiles/dockerbuild.lock
+    ///
+    /// Sources whose catalogue entry is unchanged keep their pins (no network). New or
+    /// changed ones are resolved (pypi:, debian: through their indexes) and fetched into
+    /// the store, since a pin records the file's SHA-256, size and store address.
+    Lock(sources::LockArgs),
+    /// Fetch every locked source into the store
+    ///
+    /// Sources already in the store need no network. Each download is checked against its
+    /// pinned SHA-256, size and store address; a mismatch adds nothing.
+    Sources(sources::SourcesArgs),
     /// Add, inspect, verify, export and collect store entries
     #[command(subcommand)]
     Store(store::StoreCommand),

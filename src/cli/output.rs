@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Draws library progress as an indicatif bar on stderr (hidden with `-q` or no TTY).
 pub struct Bar {
-    bar: ProgressBar,
+    pub(crate) bar: ProgressBar,
 }
 
 impl Bar {
@@ -68,5 +68,51 @@ pub fn set_quiet(quiet: bool) {
 pub fn status(msg: impl std::fmt::Display) {
     if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
         eprintln!("{msg}");
+    }
+}
+
+/// One bar per concurrent download, stacked (hidden with `-q`).
+pub struct Bars {
+    multi: indicatif::MultiProgress,
+    quiet: bool,
+}
+
+impl Bars {
+    pub fn new(quiet: bool) -> Self {
+        Bars {
+            multi: indicatif::MultiProgress::new(),
+            quiet,
+        }
+    }
+
+    /// A new bar labelled `name`.
+    pub fn bar(&self, name: &str) -> Box<dyn Progress> {
+        let b = Bar::new(self.quiet);
+        if !self.quiet {
+            let bar = self.multi.add(b.bar.clone());
+            bar.set_prefix(name.to_owned());
+        }
+        Box::new(Labelled {
+            inner: b,
+            label: name.to_owned(),
+        })
+    }
+}
+
+/// A bar whose message is a fixed label rather than the library's phase name (a URL).
+struct Labelled {
+    inner: Bar,
+    label: String,
+}
+
+impl Progress for Labelled {
+    fn start(&self, _what: &str, total_bytes: Option<u64>) {
+        self.inner.start(&self.label, total_bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.inner.advance(bytes);
+    }
+    fn finish(&self) {
+        self.inner.finish();
     }
 }
