@@ -180,6 +180,20 @@ impl Project {
         Ok(Lockfile::read(&self.lock_path())?)
     }
 
+    /// Refuses `--update` names that are not in the catalogue.
+    pub fn check_update(&self, update: &[String]) -> Result<(), ProjectError> {
+        match update
+            .iter()
+            .find(|u| !self.sources.iter().any(|s| &s.name == *u))
+        {
+            Some(u) => Err(ProjectError::UnknownSource {
+                path: self.catalog_path(),
+                name: u.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Whether a pin still describes its catalogue entry (no network needed).
     fn current(spec: &SourceSpec, pin: &LockedSource) -> bool {
         pin.urls == spec.urls
@@ -227,14 +241,7 @@ impl Project {
         update: &[String],
         progress: &dyn Fn(&str) -> Box<dyn Progress>,
     ) -> Result<Lockfile, ProjectError> {
-        for u in update {
-            if !self.sources.iter().any(|s| &s.name == u) {
-                return Err(ProjectError::UnknownSource {
-                    path: self.catalog_path(),
-                    name: u.clone(),
-                });
-            }
-        }
+        self.check_update(update)?;
         let mirrors_needed = self.sources.iter().any(|s| {
             s.urls.iter().any(|u| u.starts_with("debian:"))
                 && old

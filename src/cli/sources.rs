@@ -43,6 +43,7 @@ fn ensure_locked(
     fetcher: &Fetcher,
     update: &[String],
 ) -> Result<Lockfile> {
+    project.check_update(update)?;
     let old = project.read_lock()?;
     let stale = project.stale(old.as_ref(), update);
     if g.locked && !stale.is_empty() {
