@@ -386,19 +386,10 @@ impl Store for LocalStore {
         expected: Option<Digest>,
     ) -> Result<Entry> {
         validate_name(&new.name)?;
-        let staging = self.staging()?;
-        let node = stage::write_file(&staging.item(), reader, executable)?;
-        let actual = node.entry_digest(&new.name);
-        if let Some(expected) = expected
-            && expected != actual
-        {
-            return Err(StoreError::DigestMismatch {
-                subject: format!("entry `{}`", new.name),
-                expected,
-                actual,
-            });
-        }
-        self.publish(staging, node, new)
+        let mut file = self.stage_file()?;
+        let path = file.path().to_owned();
+        std::io::copy(reader, &mut file).map_err(StoreError::io("write", &path))?;
+        self.commit_file(file, new, executable, expected)
     }
 
     fn get(&self, digest: &Digest) -> Result<Option<Entry>> {
