@@ -277,7 +277,7 @@ pub enum ArchiveError {
         archive: PathBuf,
         member: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -319,7 +319,14 @@ pub fn unpack(
     u.recheck_links()?;
     let (members, bytes) = (u.members, u.bytes);
     let entry = store.commit_tree(tree, new)?;
-    debug!(archive = %archive.display(), ?format, members, bytes, digest = %entry.meta.digest, "unpacked");
+    debug!(
+        archive = %archive.display(),
+        ?format,
+        members,
+        bytes,
+        digest = %entry.meta.digest,
+        "unpacked"
+    );
     Ok(entry)
 }
 
@@ -604,7 +611,7 @@ impl Unpacker<'_> {
             source => ArchiveError::Add {
                 archive: self.archive(),
                 member: member.to_owned(),
-                source,
+                source: Box::new(source),
             },
         }
     }
@@ -1077,7 +1084,7 @@ mod tests {
     #[test]
     fn header_budget_refuses_reads_past_it() {
         let budget = Rc::new(HeaderBudget::default());
-        let data = vec![1u8; 100];
+        let data = [1u8; 100];
         let mut r = Budgeted {
             inner: &data[..],
             budget: budget.clone(),

@@ -93,12 +93,25 @@ pub enum SourceError {
     AllFailed { name: String, errors: Vec<String> },
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    // Boxed: the resolvers' errors carry listings and would bloat every Result.
     #[error(transparent)]
-    Debian(#[from] debian::DebianError),
+    Debian(Box<debian::DebianError>),
     #[error(transparent)]
-    Pypi(#[from] pypi::PypiError),
+    Pypi(Box<pypi::PypiError>),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<debian::DebianError> for SourceError {
+    fn from(e: debian::DebianError) -> Self {
+        SourceError::Debian(Box::new(e))
+    }
+}
+
+impl From<pypi::PypiError> for SourceError {
+    fn from(e: pypi::PypiError) -> Self {
+        SourceError::Pypi(Box::new(e))
+    }
 }
 
 impl Location {
