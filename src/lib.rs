@@ -6,6 +6,11 @@
 //!   how its address is computed; specified in `store-format/README.md`.
 //! - [`store`]: the [`store::Store`] interface and the local backend: atomic insertion,
 //!   locking, verification, gc, export/import.
+//! - [`archive`]: unpacking tar/zip archives into tree entries, refusing hostile members.
+//! - [`fetch`]: HTTP downloads with retries, resumption, and hashing while streaming.
+//! - [`source`]: source URLs (`https`, `file`, `pypi:`, `debian:`) and their resolvers.
+//! - [`lock`]: the lockfile's schema and text.
+//! - [`project`]: a project's catalogue (`sources.toml`), locking, and fetching sources.
 //! - [`config`]: `config.toml` and where the store lives by default.
 //! - [`progress`]: how long operations report progress without printing.
 //!
@@ -15,7 +20,9 @@
 //! # Files dockerbuild owns
 //! - the store (`--store`, `$DOCKERBUILD_STORE`, or `<data dir>/store`), laid out as
 //!   drawn in [`store`];
-//! - `<config dir>/config.toml` ([`config::Config`]).
+//! - `<config dir>/config.toml` ([`config::Config`]);
+//! - in a project: `sources.toml` (read) and `lockfiles/dockerbuild.lock` (written by
+//!   `lock`).
 
 pub mod archive;
 pub mod config;
