@@ -86,15 +86,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses() {
-        let doc = include_str!("config.rs");
-        let example: String = doc
-            .lines()
-            .skip_while(|l| !l.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let example = crate::testutil::doc_toml_example(include_str!("config.rs"));
         let c = Config::parse(&example, Path::new("doc")).unwrap();
         assert_eq!(
             c.store.unwrap(),

@@ -33,4 +33,6 @@ pub mod progress;
 pub mod project;
 pub mod source;
 pub mod store;
+#[cfg(test)]
+mod testutil;
 pub mod tree;

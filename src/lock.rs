@@ -207,14 +207,7 @@ mod tests {
     use super::*;
 
     fn doc_example() -> String {
-        include_str!("lock.rs")
-            .lines()
-            .skip_while(|l| !l.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
-            .collect::<Vec<_>>()
-            .join("\n")
+        crate::testutil::doc_toml_example(include_str!("lock.rs"))
     }
 
     #[test]

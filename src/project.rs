@@ -396,14 +396,7 @@ mod tests {
 
     #[test]
     fn the_documented_catalogue_parses() {
-        let text: String = include_str!("project.rs")
-            .lines()
-            .skip_while(|l| !l.starts_with("//! ```toml"))
-            .skip(1)
-            .take_while(|l| !l.starts_with("//! ```"))
-            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text: String = crate::testutil::doc_toml_example(include_str!("project.rs"));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(CATALOG), text).unwrap();
         let p = Project::open(dir.path()).unwrap();
