@@ -37,6 +37,24 @@ pub struct Lockfile {
     pub version: u32,
     #[serde(default, rename = "source")]
     pub sources: Vec<LockedSource>,
+    /// Each toolchain's resolved package closure (names of `deb` entries).
+    #[serde(default, rename = "toolchain", skip_serializing_if = "Vec::is_empty")]
+    pub toolchains: Vec<LockedToolchain>,
+    /// Every `.deb` any toolchain needs, pinned like a source, shared between toolchains.
+    #[serde(default, rename = "deb", skip_serializing_if = "Vec::is_empty")]
+    pub debs: Vec<LockedSource>,
+}
+
+/// A toolchain's Debian package closure, resolved once by apt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedToolchain {
+    pub name: String,
+    /// The digest of the toolchain's `[debian]` section when it was resolved; a change
+    /// re-resolves the closure.
+    pub definition: Digest,
+    /// The `deb` entries (by name) its root filesystem is built from, sorted.
+    pub debs: Vec<String>,
 }
 
 /// One pinned source.
@@ -75,6 +93,12 @@ pub enum LockError {
     UnsupportedVersion { path: PathBuf, found: String },
     #[error("lockfile `{}` pins `{name}` twice", path.display())]
     Duplicate { path: PathBuf, name: String },
+    #[error("lockfile `{}`: toolchain `{toolchain}` needs deb `{deb}`, which it does not pin\nhint: regenerate it with `dockerbuild lock`", path.display())]
+    DanglingDeb {
+        path: PathBuf,
+        toolchain: String,
+        deb: String,
+    },
 }
 
 /// One difference between two lockfiles.
@@ -105,7 +129,17 @@ impl Lockfile {
         Lockfile {
             version: LOCK_VERSION,
             sources: Vec::new(),
+            toolchains: Vec::new(),
+            debs: Vec::new(),
         }
+    }
+
+    pub fn toolchain(&self, name: &str) -> Option<&LockedToolchain> {
+        self.toolchains.iter().find(|t| t.name == name)
+    }
+
+    pub fn deb(&self, name: &str) -> Option<&LockedSource> {
+        self.debs.iter().find(|d| d.name == name)
     }
 
     /// Parses lockfile text; the version is checked before the schema so a newer format
@@ -128,13 +162,31 @@ impl Lockfile {
             path: path.to_owned(),
             source,
         })?;
-        let mut names: Vec<&str> = lock.sources.iter().map(|s| s.name.as_str()).collect();
-        names.sort();
-        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(LockError::Duplicate {
-                path: path.to_owned(),
-                name: w[0].to_owned(),
-            });
+        for names in [
+            lock.sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            lock.toolchains.iter().map(|t| t.name.as_str()).collect(),
+            lock.debs.iter().map(|d| d.name.as_str()).collect(),
+        ] {
+            let mut names = names;
+            names.sort();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(LockError::Duplicate {
+                    path: path.to_owned(),
+                    name: w[0].to_owned(),
+                });
+            }
+        }
+        for t in &lock.toolchains {
+            if let Some(missing) = t.debs.iter().find(|d| lock.deb(d).is_none()) {
+                return Err(LockError::DanglingDeb {
+                    path: path.to_owned(),
+                    toolchain: t.name.clone(),
+                    deb: missing.clone(),
+                });
+            }
         }
         Ok(lock)
     }
@@ -155,6 +207,8 @@ impl Lockfile {
     pub fn to_text(&self) -> String {
         let mut sorted = self.clone();
         sorted.sources.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted.toolchains.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted.debs.sort_by(|a, b| a.name.cmp(&b.name));
         format!(
             "{HEADER}\n{}",
             toml::to_string(&sorted).expect("lockfile serializes")
@@ -196,6 +250,22 @@ impl Lockfile {
         for s in &self.sources {
             if new.get(&s.name).is_none() {
                 out.push(Change::Removed(s.name.clone()));
+            }
+        }
+        for t in &new.toolchains {
+            let label = format!("toolchain {}", t.name);
+            match self.toolchain(&t.name) {
+                None => out.push(Change::Added(label)),
+                Some(old) if old != t => out.push(Change::Changed {
+                    name: label,
+                    fields: vec!["packages"],
+                }),
+                Some(_) => {}
+            }
+        }
+        for t in &self.toolchains {
+            if new.toolchain(&t.name).is_none() {
+                out.push(Change::Removed(format!("toolchain {}", t.name)));
             }
         }
         out

@@ -21,16 +21,74 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::digest::Digest;
 use crate::fetch::Fetched;
+use crate::lock::LockedToolchain;
 use crate::lock::{Change, LockError, LockedSource, Lockfile};
 use crate::progress::Progress;
 use crate::source::{Fetcher, Pin, SourceError, SourceSpec, check_sha256, debian};
-use crate::store::{Entry, LocalStore, Store, StoreError, validate_name};
+use crate::store::{Entry, LocalStore, Store, StoreError, sanitize_name, validate_name};
+use crate::toolchain::{self, DebPin, Toolchain, ToolchainError};
+
+impl From<ToolchainError> for ProjectError {
+    fn from(e: ToolchainError) -> Self {
+        ProjectError::Toolchain(Box::new(e))
+    }
+}
+
+/// What a toolchain's closure depends on: its `[debian]` section and the base packages.
+pub fn toolchain_definition(tc: &Toolchain) -> Digest {
+    let json = serde_json::to_vec(&(&tc.debian, toolchain::base_packages(tc)))
+        .expect("definition serializes");
+    Digest::of(&json)
+}
+
+/// The apt pin a lockfile `deb` entry was made from ([`deb_entry`]'s inverse).
+pub fn deb_pin(d: &LockedSource) -> Option<DebPin> {
+    let spec = d.urls.first()?.strip_prefix("debian:")?;
+    let (suite, rest) = spec.split_once("/binary-")?;
+    let (arch, rest) = rest.split_once('/')?;
+    let (package, version) = rest.split_once('=')?;
+    let (_, path) = d
+        .locations
+        .first()?
+        .strip_prefix("debian-pool:")?
+        .split_once(':')?;
+    Some(DebPin {
+        package: package.to_owned(),
+        version: version.to_owned(),
+        arch: arch.to_owned(),
+        suite: suite.to_owned(),
+        path: path.to_owned(),
+        sha256: d.sha256.clone(),
+        size: d.size,
+    })
+}
+
+/// A resolved `.deb` as a lockfile entry (its store address still unknown).
+fn deb_entry(pin: &DebPin) -> LockedSource {
+    let file = pin.file_name().to_owned();
+    LockedSource {
+        name: sanitize_name(file.trim_end_matches(".deb")),
+        version: pin.version.clone(),
+        urls: vec![format!(
+            "debian:{}/binary-{}/{}={}",
+            pin.suite, pin.arch, pin.package, pin.version
+        )],
+        file: sanitize_name(&file),
+        locations: vec![pin.location()],
+        sha256: pin.sha256.clone(),
+        size: pin.size,
+        blake3: Digest([0; 32]),
+    }
+}
 
 /// The catalogue file name at a project's root.
 pub const CATALOG: &str = "sources.toml";
 /// The lockfile, relative to the project root.
 pub const LOCKFILE: &str = "lockfiles/dockerbuild.lock";
+/// Platform definitions, relative to the project root.
+pub const TOOLCHAINS: &str = "toolchains";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +138,8 @@ pub enum ProjectError {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
+    Toolchain(Box<ToolchainError>),
+    #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -90,6 +150,8 @@ pub enum ProjectError {
 pub struct Project {
     pub root: PathBuf,
     pub sources: Vec<SourceSpec>,
+    /// `toolchains/*.toml`, sorted by name (none if the directory does not exist).
+    pub toolchains: Vec<Toolchain>,
 }
 
 /// What happened to one source in `fetch_all`.
@@ -162,9 +224,16 @@ impl Project {
                 check_sha256(&s.name, h)?;
             }
         }
+        let tc_dir = root.join(TOOLCHAINS);
+        let toolchains = if tc_dir.is_dir() {
+            toolchain::load_all(&tc_dir)?
+        } else {
+            Vec::new()
+        };
         Ok(Project {
             root: root.to_owned(),
             sources: file.sources,
+            toolchains,
         })
     }
 
@@ -182,10 +251,10 @@ impl Project {
 
     /// Refuses `--update` names that are not in the catalogue.
     pub fn check_update(&self, update: &[String]) -> Result<(), ProjectError> {
-        match update
-            .iter()
-            .find(|u| !self.sources.iter().any(|s| &s.name == *u))
-        {
+        match update.iter().find(|u| {
+            !self.sources.iter().any(|s| &s.name == *u)
+                && !self.toolchains.iter().any(|t| &t.name == *u)
+        }) {
             Some(u) => Err(ProjectError::UnknownSource {
                 path: self.catalog_path(),
                 name: u.clone(),
@@ -228,6 +297,26 @@ impl Project {
                 out.push(Change::Removed(p.name.clone()));
             }
         }
+        for tc in &self.toolchains {
+            let label = format!("toolchain {}", tc.name);
+            match lock.toolchain(&tc.name) {
+                None => out.push(Change::Added(label)),
+                Some(t)
+                    if t.definition != toolchain_definition(tc) || update.contains(&tc.name) =>
+                {
+                    out.push(Change::Changed {
+                        name: label,
+                        fields: vec!["[debian] section"],
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        for t in &lock.toolchains {
+            if !self.toolchains.iter().any(|tc| tc.name == t.name) {
+                out.push(Change::Removed(format!("toolchain {}", t.name)));
+            }
+        }
         out
     }
 
@@ -239,7 +328,7 @@ impl Project {
         fetcher: &Fetcher,
         old: Option<&Lockfile>,
         update: &[String],
-        progress: &dyn Fn(&str) -> Box<dyn Progress>,
+        progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
     ) -> Result<Lockfile, ProjectError> {
         self.check_update(update)?;
         let mirrors_needed = self.sources.iter().any(|s| {
@@ -248,6 +337,16 @@ impl Project {
                     .and_then(|l| l.get(&s.name))
                     .is_none_or(|p| !Self::current(s, p) || update.contains(&s.name))
         });
+        let toolchains_stale: Vec<&Toolchain> = self
+            .toolchains
+            .iter()
+            .filter(|tc| {
+                old.and_then(|l| l.toolchain(&tc.name)).is_none_or(|t| {
+                    t.definition != toolchain_definition(tc) || update.contains(&tc.name)
+                })
+            })
+            .collect();
+        let mirrors_needed = mirrors_needed || !toolchains_stale.is_empty();
         let mirrors = if mirrors_needed {
             Some(debian::Mirrors::from_system().map_err(SourceError::from)?)
         } else {
@@ -289,7 +388,87 @@ impl Project {
             });
         }
         new.sources.sort_by(|a, b| a.name.cmp(&b.name));
+        self.lock_toolchains(
+            store,
+            fetcher,
+            old,
+            &toolchains_stale,
+            mirrors.as_ref(),
+            &mut new,
+            progress,
+        )?;
         Ok(new)
+    }
+
+    /// Keeps current toolchain closures and resolves stale ones with apt, fetching
+    /// every `.deb` not pinned before (a pin needs its store address).
+    #[allow(clippy::too_many_arguments)]
+    fn lock_toolchains(
+        &self,
+        store: &LocalStore,
+        fetcher: &Fetcher,
+        old: Option<&Lockfile>,
+        stale: &[&Toolchain],
+        mirrors: Option<&debian::Mirrors>,
+        new: &mut Lockfile,
+        progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
+    ) -> Result<(), ProjectError> {
+        let mut wanted: Vec<LockedSource> = Vec::new();
+        for tc in &self.toolchains {
+            let locked = if stale.iter().any(|s| s.name == tc.name) {
+                let mirrors = mirrors.expect("mirrors are read when a toolchain is stale");
+                let pins = toolchain::resolve_closure(tc, mirrors)?;
+                let debs: Vec<LockedSource> = pins.iter().map(deb_entry).collect();
+                let mut names: Vec<String> = debs.iter().map(|d| d.name.clone()).collect();
+                names.sort();
+                names.dedup();
+                wanted.extend(debs);
+                LockedToolchain {
+                    name: tc.name.clone(),
+                    definition: toolchain_definition(tc),
+                    debs: names,
+                }
+            } else {
+                let old = old.expect("current toolchains come from the old lockfile");
+                let t = old.toolchain(&tc.name).expect("current").clone();
+                wanted.extend(t.debs.iter().filter_map(|d| old.deb(d)).cloned());
+                t
+            };
+            new.toolchains.push(locked);
+        }
+        wanted.sort_by(|a, b| a.name.cmp(&b.name));
+        wanted.dedup_by(|a, b| a.name == b.name);
+        // Reuse earlier pins of the same file; fetch the rest to learn their addresses.
+        let mut to_fetch = Vec::new();
+        for d in wanted {
+            match old.and_then(|o| o.deb(&d.name)) {
+                Some(prev) if prev.sha256 == d.sha256 && prev.locations == d.locations => {
+                    new.debs.push(prev.clone())
+                }
+                _ => to_fetch.push(d),
+            }
+        }
+        let results = parallel(&to_fetch, 4, |d| {
+            let pin = Pin {
+                name: &d.name,
+                version: &d.version,
+                file: &d.file,
+                locations: &d.locations,
+                sha256: Some(&d.sha256),
+                size: Some(d.size),
+                blake3: None,
+            };
+            let bar = progress(&d.name);
+            fetcher.fetch(store, &pin, bar.as_ref())
+        });
+        for (mut d, r) in to_fetch.into_iter().zip(results) {
+            let (entry, _) = r?;
+            d.blake3 = entry.meta.digest;
+            new.debs.push(d);
+        }
+        new.toolchains.sort_by(|a, b| a.name.cmp(&b.name));
+        new.debs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
     }
 
     /// Writes the lockfile atomically, only if its text changes. Returns whether it did.
@@ -313,8 +492,32 @@ impl Project {
     }
 }
 
-/// Fetches every pinned source not yet in the store, `jobs` at a time. Sources already
-/// present cost no network.
+/// Runs `f` over `items`, `jobs` at a time, keeping the results in order.
+fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    results.lock().expect("results")[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("results")
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+/// Fetches every pinned source and `.deb` not yet in the store, `jobs` at a time.
+/// Those already present cost no network.
 pub fn fetch_all(
     store: &LocalStore,
     fetcher: &Fetcher,
@@ -322,31 +525,16 @@ pub fn fetch_all(
     jobs: usize,
     progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
 ) -> Result<Vec<FetchOutcome>, Vec<SourceError>> {
-    let results: Mutex<Vec<Result<FetchOutcome, SourceError>>> = Mutex::new(Vec::new());
-    let queue: Mutex<std::slice::Iter<'_, LockedSource>> = Mutex::new(lock.sources.iter());
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1) {
-            s.spawn(|| {
-                loop {
-                    let Some(p) = queue.lock().expect("queue").next() else {
-                        break;
-                    };
-                    let r = fetch_one(store, fetcher, p, progress);
-                    results.lock().expect("results").push(r);
-                }
-            });
-        }
-    });
+    let all: Vec<&LockedSource> = lock.sources.iter().chain(&lock.debs).collect();
     let mut ok = Vec::new();
     let mut errors = Vec::new();
-    for r in results.into_inner().expect("results") {
+    for r in parallel(&all, jobs, |p| fetch_one(store, fetcher, p, progress)) {
         match r {
             Ok(o) => ok.push(o),
             Err(e) => errors.push(e),
         }
     }
     if errors.is_empty() {
-        ok.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(ok)
     } else {
         Err(errors)
@@ -393,6 +581,22 @@ fn fetch_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deb_entries_round_trip() {
+        let pin = DebPin {
+            package: "libc6-dev".into(),
+            version: "2.36-9+deb12u13".into(),
+            arch: "arm64".into(),
+            suite: "bookworm-security".into(),
+            path: "pool/updates/main/g/glibc/libc6-dev_2.36-9+deb12u13_arm64.deb".into(),
+            sha256: "ab".repeat(32),
+            size: 42,
+        };
+        let e = deb_entry(&pin);
+        assert_eq!(e.file, "libc6-dev_2.36-9+deb12u13_arm64.deb");
+        assert_eq!(deb_pin(&e), Some(pin));
+    }
 
     #[test]
     fn the_documented_catalogue_parses() {

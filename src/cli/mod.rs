@@ -1,6 +1,7 @@
 //! The command line: clap types only. Each subcommand's `run` lives in its own file and
 //! calls the library; nothing below `src/cli` is used by the library.
 
+pub mod docker;
 pub mod output;
 pub mod sources;
 pub mod store;
@@ -68,6 +69,22 @@ pub enum Command {
     /// Sources already in the store need no network. Each download is checked against its
     /// pinned SHA-256, size and store address; a mismatch adds nothing.
     Sources(sources::SourcesArgs),
+    /// Generate toolchain images from their pinned .deb files and load them into Docker
+    ///
+    /// Reproducible: the same lockfile gives the same store entry and image ID anywhere.
+    /// Needs root, mmdebstrap and a local Docker daemon.
+    DockerGenerate(docker::GenerateArgs),
+    /// Run a command in a platform's toolchain, with the current directory at /work
+    ///
+    /// The command runs as you (uid:gid), without network unless --network, and its exit
+    /// code is returned. The toolchain image is generated first if needed.
+    Run(docker::RunArgs),
+    /// Open an interactive shell in a platform's toolchain
+    Shell(docker::PlatformArg),
+    /// Print a standalone script that runs commands in a platform's pinned image
+    Entrypoint(docker::PlatformArg),
+    /// Remove every container and image dockerbuild created (found by their labels)
+    Clean,
     /// Add, inspect, verify, export and collect store entries
     #[command(subcommand)]
     Store(store::StoreCommand),

@@ -36,7 +36,7 @@ fn open(g: &GlobalArgs, store_dir: &Path) -> Result<(Project, LocalStore, Fetche
 
 /// Brings the lockfile up to date with the catalogue (or, with --locked, proves it is).
 /// Returns the lockfile in force.
-fn ensure_locked(
+pub fn ensure_locked(
     g: &GlobalArgs,
     project: &Project,
     store: &LocalStore,

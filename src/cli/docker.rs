@@ -1,0 +1,287 @@
+//! `docker-generate`, `run`, `shell`, `entrypoint` and `clean`: toolchain images and
+//! commands in them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use dockerbuild::docker::{ContainerSpec, Engine, Mount};
+use dockerbuild::fetch::{Http, HttpOptions};
+use dockerbuild::image::{self, Image};
+use dockerbuild::project::Project;
+use dockerbuild::source::Fetcher;
+use dockerbuild::store::LocalStore;
+
+use super::GlobalArgs;
+use super::output::{self, Bars};
+use super::sources::ensure_locked;
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The platform (a toolchains/*.toml name), e.g. linux-arm64; repeat for several
+    #[arg(long = "platform", short = 'p', required = true)]
+    pub platforms: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlatformArg {
+    /// The platform (a toolchains/*.toml name), e.g. linux-arm64
+    #[arg(long, short = 'p')]
+    pub platform: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The platform (a toolchains/*.toml name), e.g. linux-arm64
+    #[arg(long, short = 'p')]
+    pub platform: String,
+    /// The directory mounted at /work [default: the current directory]
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Set a variable in the container (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Prepend V to variable K, `:`-separated (e.g. --env-prefix PATH /work/bin)
+    #[arg(long = "env-prefix", num_args = 2, value_names = ["K", "V"])]
+    pub env_prefix: Vec<String>,
+    /// Append V to variable K, `:`-separated
+    #[arg(long = "env-suffix", num_args = 2, value_names = ["K", "V"])]
+    pub env_suffix: Vec<String>,
+    /// Give the container network access (off by default)
+    #[arg(long)]
+    pub network: bool,
+    /// The command and its arguments
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// What every command here opens.
+struct Session {
+    project: Project,
+    store: LocalStore,
+    fetcher: Fetcher,
+}
+
+fn open(g: &GlobalArgs, store_dir: &Path) -> Result<Session> {
+    Ok(Session {
+        project: Project::discover(g.project.as_deref())?,
+        store: LocalStore::open(store_dir)?,
+        fetcher: Fetcher::new(Http::new(HttpOptions::from_env())),
+    })
+}
+
+fn image_for(g: &GlobalArgs, c: &Session, platform: &str) -> Result<Image> {
+    let lock = ensure_locked(g, &c.project, &c.store, &c.fetcher, &[])?;
+    let bars = Bars::new(g.quiet);
+    let bar = |n: &str| bars.bar(n);
+    Ok(image::generate(
+        &c.store, &c.fetcher, &c.project, &lock, platform, &bar,
+    )?)
+}
+
+pub fn generate(args: GenerateArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+    let c = open(g, store_dir)?;
+    let engine = Engine::connect()?;
+    let mut images = Vec::new();
+    for p in &args.platforms {
+        let started = std::time::Instant::now();
+        let img = image_for(g, &c, p)?;
+        image::ensure_loaded(&engine, &img)?;
+        output::status(format!(
+            "{p}: image {} ({}, {:.1}s)",
+            img.id,
+            if img.cached {
+                "from the store"
+            } else {
+                "generated"
+            },
+            started.elapsed().as_secs_f64()
+        ));
+        images.push(img);
+    }
+    if g.json {
+        output::json(&images)?;
+    } else {
+        for i in &images {
+            println!("{} {}", i.platform, i.id);
+        }
+    }
+    Ok(0)
+}
+
+/// The image's `K=V` list as pairs.
+fn pairs(env: &[String]) -> Vec<(String, String)> {
+    env.iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Applies --env, then --env-prefix and --env-suffix, over the image's environment.
+fn environment(image_env: &[String], args: &RunArgs) -> Result<Vec<(String, String)>> {
+    let mut env = pairs(image_env);
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env `{kv}` is not K=V");
+        };
+        upsert(&mut env, k, |_| v.to_owned());
+    }
+    for pair in args.env_prefix.chunks(2) {
+        let v = &pair[1];
+        upsert(&mut env, &pair[0], |old| match old {
+            Some(o) if !o.is_empty() => format!("{v}:{o}"),
+            _ => v.clone(),
+        });
+    }
+    for pair in args.env_suffix.chunks(2) {
+        let v = &pair[1];
+        upsert(&mut env, &pair[0], |old| match old {
+            Some(o) if !o.is_empty() => format!("{o}:{v}"),
+            _ => v.clone(),
+        });
+    }
+    Ok(env)
+}
+
+fn upsert(env: &mut Vec<(String, String)>, k: &str, f: impl FnOnce(Option<&str>) -> String) {
+    match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(e) => e.1 = f(Some(&e.1)),
+        None => env.push((k.to_owned(), f(None))),
+    }
+}
+
+fn caller() -> String {
+    format!(
+        "{}:{}",
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw()
+    )
+}
+
+/// The work directory mount and the container's working directory for the caller's cwd.
+fn work_mount(workdir: Option<&Path>) -> Result<(Mount, String)> {
+    let cwd = std::env::current_dir()?;
+    let dir = match workdir {
+        Some(d) => std::path::absolute(d)?,
+        None => cwd.clone(),
+    };
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot use `{}` as the work directory", dir.display()))?;
+    let inner = match cwd
+        .canonicalize()
+        .ok()
+        .and_then(|c| c.strip_prefix(&dir).ok().map(Path::to_owned))
+    {
+        Some(rel) if !rel.as_os_str().is_empty() => format!("/work/{}", rel.display()),
+        _ => "/work".to_owned(),
+    };
+    Ok((Mount::read_write(dir, "/work"), inner))
+}
+
+pub fn run(args: RunArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+    let c = open(g, store_dir)?;
+    let engine = Engine::connect()?;
+    let img = image_for(g, &c, &args.platform)?;
+    image::ensure_loaded(&engine, &img)?;
+    let tc = image::toolchain(&c.project, &args.platform)?;
+    let (mount, inner) = work_mount(args.workdir.as_deref())?;
+    let mut spec = ContainerSpec::new(img.id.clone(), args.command.clone());
+    spec.env = environment(&tc.image_env(), &args)?;
+    spec.env.push(("HOME".into(), "/tmp".into()));
+    spec.mounts.push(mount);
+    spec.workdir = Some(inner);
+    spec.user = Some(caller());
+    spec.network = args.network;
+    spec.tmpfs.push("/tmp:rw,exec".into());
+    spec.kind = "run".into();
+    let mut stdout = std::io::stdout();
+    let out = engine.run(&spec, &mut |bytes| {
+        let _ = stdout.write_all(bytes);
+        let _ = stdout.flush();
+    })?;
+    Ok(i32::try_from(out.exit_code).unwrap_or(1))
+}
+
+pub fn shell(args: PlatformArg, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+    let c = open(g, store_dir)?;
+    let engine = Engine::connect()?;
+    let img = image_for(g, &c, &args.platform)?;
+    image::ensure_loaded(&engine, &img)?;
+    let tc = image::toolchain(&c.project, &args.platform)?;
+    let (mount, inner) = work_mount(None)?;
+    let mut spec = ContainerSpec::new(img.id.clone(), ["/bin/bash", "-l"]);
+    spec.env = pairs(&tc.image_env());
+    spec.env.push(("HOME".into(), "/tmp".into()));
+    spec.env
+        .push(("PS1".into(), format!("[{}] \\w \\$ ", args.platform)));
+    spec.mounts.push(mount);
+    spec.workdir = Some(inner);
+    spec.user = Some(caller());
+    spec.tmpfs.push("/tmp:rw,exec".into());
+    spec.tty = true;
+    spec.kind = "shell".into();
+    let code = engine.run_interactive(&spec)?;
+    Ok(i32::try_from(code).unwrap_or(1))
+}
+
+pub fn entrypoint(args: PlatformArg, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+    let c = open(g, store_dir)?;
+    let img = image_for(g, &c, &args.platform)?;
+    let tc = image::toolchain(&c.project, &args.platform)?;
+    let mut env_flags = String::new();
+    for kv in tc.image_env() {
+        env_flags.push_str(&format!(" \\\n  -e '{}'", kv.replace('\'', "'\\''")));
+    }
+    print!(
+        r#"#!/usr/bin/env bash
+# Runs a command in dockerbuild's pinned `{platform}` toolchain image, with the current
+# directory at /work, as the calling user, without network. Generated by
+# `dockerbuild entrypoint --platform {platform}`.
+#   ./script.sh make -j4
+set -euo pipefail
+IMAGE='{id}'
+if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  echo "error: image $IMAGE ({platform}) is not loaded" >&2
+  echo "hint: run \`dockerbuild docker-generate --platform {platform}\`, or \`docker load -i {entry}\` where that store entry exists" >&2
+  exit 1
+fi
+tty=()
+[ -t 0 ] && [ -t 1 ] && tty=(-t)
+exec docker run --rm -i "${{tty[@]}}" --network none --pull never \
+  --user "$(id -u):$(id -g)" -e HOME=/tmp --tmpfs /tmp:rw,exec \
+  -v "$PWD":/work -w /work \
+  --label org.dockerbuild.managed=true --label org.dockerbuild.kind=entrypoint{env} \
+  "$IMAGE" "$@"
+"#,
+        platform = args.platform,
+        id = img.id,
+        entry = img.entry.display(),
+        env = env_flags,
+    );
+    Ok(0)
+}
+
+pub fn clean(g: &GlobalArgs) -> Result<i32> {
+    let engine = Engine::connect()?;
+    let report = engine.clean()?;
+    if g.json {
+        output::json(&report)?;
+    } else {
+        for c in &report.containers {
+            println!("removed container {c:?}");
+        }
+        for i in &report.images {
+            println!("removed image {i:?}");
+        }
+        output::status(format!(
+            "removed {} containers and {} images",
+            report.containers.len(),
+            report.images.len()
+        ));
+    }
+    Ok(0)
+}

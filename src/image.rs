@@ -1,0 +1,208 @@
+//! Toolchain images: generated from a toolchain's pinned `.deb` files into a
+//! deterministic `docker load` archive, kept in the store as a `toolchain` entry, and
+//! loaded into the local Docker daemon on demand.
+//!
+//! An image's key is the BLAKE3 of everything that goes into it: the toolchain definition,
+//! the store addresses of its `.deb` files, the time stamp, and the generator's version.
+//! The same lockfile therefore gives the same key, entry and image ID on any machine.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use tracing::info;
+
+use crate::digest::Digest;
+use crate::docker::{DockerError, Engine};
+use crate::fetch::Fetched;
+use crate::lock::Lockfile;
+use crate::progress::Progress;
+use crate::project::{Project, ProjectError, deb_pin};
+use crate::source::{Fetcher, Pin, SourceError};
+use crate::store::{Entry, Kind, LocalStore, NewEntry, Store, StoreError};
+use crate::toolchain::{self, Toolchain, ToolchainError};
+
+/// Every time stamp in a generated image (2023-11-14T22:13:20Z); fixed so images are
+/// reproducible and independent of when they were built.
+pub const SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
+/// Bumped whenever the generator's output changes for the same inputs.
+const GENERATOR_VERSION: &str = "dockerbuild-image-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("no toolchain `{name}` in toolchains/ (there are: {})", known.join(", "))]
+    UnknownPlatform { name: String, known: Vec<String> },
+    #[error("toolchain `{name}` is not in the lockfile\nhint: run `dockerbuild lock`")]
+    NotLocked { name: String },
+    #[error(
+        "the lockfile's deb `{name}` is malformed\nhint: regenerate it with `dockerbuild lock`"
+    )]
+    BadDeb { name: String },
+    #[error("the generated image of `{name}` has ID {actual}, but the daemon loaded {loaded}")]
+    IdMismatch {
+        name: String,
+        actual: String,
+        loaded: String,
+    },
+    #[error(transparent)]
+    Project(#[from] ProjectError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Toolchain(#[from] ToolchainError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("cannot use temporary directory")]
+    Temp(#[source] std::io::Error),
+}
+
+/// A generated image in the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Image {
+    pub platform: String,
+    /// `sha256:...`, as Docker names it.
+    pub id: String,
+    pub key: Digest,
+    /// The `docker load` archive's store entry.
+    pub entry: PathBuf,
+    /// Whether it was found in the store rather than generated now.
+    pub cached: bool,
+}
+
+/// Finds the platform's toolchain definition.
+pub fn toolchain<'a>(project: &'a Project, platform: &str) -> Result<&'a Toolchain, ImageError> {
+    project
+        .toolchains
+        .iter()
+        .find(|t| t.name == platform)
+        .ok_or_else(|| ImageError::UnknownPlatform {
+            name: platform.to_owned(),
+            known: project.toolchains.iter().map(|t| t.name.clone()).collect(),
+        })
+}
+
+fn key(tc: &Toolchain, debs: &[Digest]) -> Digest {
+    let json = serde_json::to_vec(&(GENERATOR_VERSION, SOURCE_DATE_EPOCH, tc, debs))
+        .expect("key serializes");
+    Digest::of(&json)
+}
+
+fn entry_name(platform: &str) -> String {
+    format!("image-{platform}.tar")
+}
+
+fn origin(key: &Digest) -> String {
+    format!("toolchain-image:{}", key.to_hex())
+}
+
+/// The image's ID is recorded as the entry's version.
+fn find(store: &LocalStore, platform: &str, key: &Digest) -> Result<Option<Entry>, StoreError> {
+    let name = entry_name(platform);
+    let origin = origin(key);
+    Ok(store
+        .list()?
+        .into_iter()
+        .find(|e| e.meta.name == name && e.meta.origin.as_deref() == Some(origin.as_str())))
+}
+
+/// Returns the platform's image from the store, generating it (fetching its `.deb` files
+/// first) when the store has none for this lockfile.
+pub fn generate(
+    store: &LocalStore,
+    fetcher: &Fetcher,
+    project: &Project,
+    lock: &Lockfile,
+    platform: &str,
+    progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
+) -> Result<Image, ImageError> {
+    let tc = toolchain(project, platform)?;
+    let locked = lock
+        .toolchain(platform)
+        .ok_or_else(|| ImageError::NotLocked {
+            name: platform.to_owned(),
+        })?;
+    let mut debs = Vec::new();
+    for name in &locked.debs {
+        let d = lock
+            .deb(name)
+            .ok_or_else(|| ImageError::BadDeb { name: name.clone() })?;
+        debs.push(d);
+    }
+    let digests: Vec<Digest> = debs.iter().map(|d| d.blake3).collect();
+    let key = key(tc, &digests);
+    if let Some(e) = find(store, platform, &key)? {
+        return Ok(Image {
+            platform: platform.to_owned(),
+            id: e.meta.version.clone().unwrap_or_default(),
+            key,
+            entry: e.path,
+            cached: true,
+        });
+    }
+    info!(platform, %key, "generating toolchain image");
+    let mut files = Vec::new();
+    for d in &debs {
+        let pin = deb_pin(d).ok_or_else(|| ImageError::BadDeb {
+            name: d.name.clone(),
+        })?;
+        let entry = match store.get(&d.blake3)? {
+            Some(e) => e,
+            None => {
+                let bar = progress(&d.name);
+                let p = Pin {
+                    name: &d.name,
+                    version: &d.version,
+                    file: &d.file,
+                    locations: &d.locations,
+                    sha256: Some(&d.sha256),
+                    size: Some(d.size),
+                    blake3: Some(d.blake3),
+                };
+                let (e, _): (Entry, Fetched) = fetcher.fetch(store, &p, bar.as_ref())?;
+                e
+            }
+        };
+        files.push((pin, entry.path));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("dockerbuild-image-")
+        .tempdir()
+        .map_err(ImageError::Temp)?;
+    let rootfs = tmp.path().join("rootfs.tar");
+    toolchain::build_rootfs(tc, &files, &rootfs, SOURCE_DATE_EPOCH)?;
+    let archive = tmp.path().join("image.tar");
+    let info = toolchain::write_image_archive(&rootfs, tc, &archive, SOURCE_DATE_EPOCH)?;
+    drop(std::fs::remove_file(&rootfs));
+    let new = NewEntry {
+        name: entry_name(platform),
+        kind: Kind::Toolchain,
+        version: Some(info.id.clone()),
+        origin: Some(origin(&key)),
+        references: digests,
+    };
+    let entry = store.add_path(&archive, &new, progress("image").as_ref())?;
+    Ok(Image {
+        platform: platform.to_owned(),
+        id: info.id,
+        key,
+        entry: entry.path,
+        cached: false,
+    })
+}
+
+/// Makes sure the daemon has the image, loading it from the store if not.
+pub fn ensure_loaded(engine: &Engine, image: &Image) -> Result<(), ImageError> {
+    if engine.image_exists(&image.id)? {
+        return Ok(());
+    }
+    let loaded = engine.load_image(&image.entry)?;
+    if loaded != image.id {
+        return Err(ImageError::IdMismatch {
+            name: image.platform.clone(),
+            actual: image.id.clone(),
+            loaded,
+        });
+    }
+    Ok(())
+}
