@@ -27,7 +27,9 @@
 pub mod archive;
 pub mod config;
 pub mod digest;
+pub mod docker;
 pub mod fetch;
+pub mod image;
 pub mod lock;
 pub mod progress;
 pub mod project;
@@ -35,4 +37,5 @@ pub mod source;
 pub mod store;
 #[cfg(test)]
 mod testutil;
+pub mod toolchain;
 pub mod tree;
