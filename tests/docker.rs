@@ -730,3 +730,64 @@ fn no_daemon_child() {
     let err = Engine::connect().unwrap_err();
     println!("ERROR {err}");
 }
+
+#[test]
+fn shell_gets_the_hosts_terminal() {
+    let Some(f) = fixture() else { return };
+    drop(f);
+    let script = Command::new("script").arg("--version").output();
+    if !common::available("script (util-linux)", script.is_ok()) {
+        return;
+    }
+    // A pseudo-terminal of 30 x 100 running the child, which runs `sh` in a container;
+    // afterwards, the terminal's modes.
+    let exe = std::env::current_exe().unwrap();
+    let inner = format!(
+        "stty rows 30 cols 100; {} interactive_child --exact --ignored --nocapture \
+         --test-threads=1; echo; stty -a",
+        exe.display()
+    );
+    let mut c = Command::new("timeout")
+        .args(["60", "script", "-qec", &inner, "/dev/null"])
+        .env(CHILD_ENV, "interactive_child")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    // Typed once the shell is up; kept open until the end, as a terminal is.
+    std::thread::sleep(Duration::from_secs(1));
+    std::io::Write::write_all(&mut stdin, b"tty; stty size; echo $((6*7)); exit 4\n").unwrap();
+    let out = c.wait_with_output().unwrap();
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", out.status);
+    let after = |what: &str| text.split(what).nth(1).unwrap_or_default().to_owned();
+    assert!(after("exit 4").contains("/dev/pts/"), "no TTY:\n{text}");
+    assert!(
+        text.contains("\r\n30 100\r\n"),
+        "the size was not passed:\n{text}"
+    );
+    assert!(text.contains("\r\n42\r\n"), "{text}");
+    assert!(text.contains("EXIT 4"), "{text}");
+    // Typed once, echoed once: by the container's terminal, not the host's too.
+    assert_eq!(text.matches("stty size;").count(), 1, "{text}");
+    let modes = after("EXIT 4");
+    assert!(
+        modes.contains(" icanon") && modes.contains(" echo "),
+        "the terminal was not restored:\n{modes}"
+    );
+}
+
+/// In a child of `shell_gets_the_hosts_terminal`, on a pseudo-terminal made by `script`.
+#[test]
+#[ignore = "run by shell_gets_the_hosts_terminal"]
+fn interactive_child() {
+    if !is_child("interactive_child") {
+        return;
+    }
+    let f = fixture().expect("the parent checked the daemon");
+    let code = f.engine.run_interactive(&f.spec(&["sh"])).unwrap();
+    println!("EXIT {code}");
+}

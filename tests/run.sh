@@ -23,6 +23,16 @@ if ! python3 -c 'import blake3' 2>/dev/null; then
   python3 -m pip install -q blake3 || log "pip could not install blake3"
 fi
 
+# Docker, QEMU user emulation, mmdebstrap (for toolchain images and builds).
+if [ "$(id -u)" = 0 ]; then
+  if ! bash tests/setup-docker.sh; then
+    if [ "${CI:-}" = true ]; then log "Docker setup failed"; exit 1; fi
+    log "Docker setup failed: Docker tests will be skipped"
+  fi
+else
+  log "not root: Docker tests will be skipped unless a daemon is reachable"
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -54,9 +54,10 @@ dockerd_log=/tmp/dockerbuild-dockerd.log
 if docker_cli info >/dev/null 2>&1; then
   log "dockerd is running ($(docker_cli version --format '{{.Server.Version}} (API {{.Server.APIVersion}})' 2>/dev/null || echo '?'))"
 else
-  if [ -n "${DOCKER_HOST:-}" ] && [ "${DOCKER_HOST#unix:///var/run/docker.sock}" = "$DOCKER_HOST" ]; then
-    die "DOCKER_HOST=$DOCKER_HOST does not answer; start that daemon or unset DOCKER_HOST"
-  fi
+  case "${DOCKER_HOST:-}" in
+    "" | unix:///var/run/docker.sock | unix:///run/docker.sock) ;;
+    *) die "DOCKER_HOST=$DOCKER_HOST does not answer; start that daemon or unset DOCKER_HOST" ;;
+  esac
   is_root || die "no Docker daemon answers and starting dockerd needs root (run: sudo dockerd &)"
   if pgrep -x dockerd >/dev/null 2>&1; then
     log "dockerd is starting (pid $(pgrep -x dockerd | head -1)); waiting for it"

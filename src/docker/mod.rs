@@ -42,7 +42,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use engine::Engine;
+pub use engine::{DEFAULT_HOST, Engine};
 pub use tail::OutputTail;
 
 /// The label every container and image dockerbuild creates carries, with value `true`.

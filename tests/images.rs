@@ -1,0 +1,181 @@
+//! Toolchain images through the real binary and a real Docker daemon: generation from the
+//! checked-in lockfile (shared by every test of a run), cross-compiling C programs that
+//! run under QEMU, exit codes, no network, the entrypoint script, and reproducibility.
+//! Needs root, Docker, mmdebstrap and qemu-user (tests/setup-docker.sh installs them);
+//! skipped on a laptop without them, failures under CI=true.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One store for every test of a run, so each image is generated once.
+fn shared_store() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("images-store")
+}
+
+fn ready() -> bool {
+    let docker = Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success());
+    let root = rustix::process::geteuid().is_root();
+    let mmdebstrap = Command::new("mmdebstrap").arg("--version").output().is_ok_and(|o| o.status.success());
+    common::available("root, a Docker daemon and mmdebstrap (tests/setup-docker.sh)", docker && root && mmdebstrap)
+}
+
+fn dockerbuild(store: &Path, dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dockerbuild"));
+    c.current_dir(dir)
+        .arg("--project")
+        .arg(repo())
+        .arg("--store")
+        .arg(store)
+        .arg("--locked")
+        .arg("-q")
+        .env("DOCKERBUILD_CONFIG", store.with_extension("config.toml"));
+    c
+}
+
+/// Generates (or finds) a platform's image in the shared store; returns its ID.
+fn image(platform: &str) -> String {
+    std::fs::create_dir_all(shared_store()).unwrap();
+    // Serialize generation across the test processes of one run.
+    let lock = File::create(shared_store().with_extension("lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let out = dockerbuild(&shared_store(), &repo()).args(["--json", "docker-generate", "-p", platform]).output().unwrap();
+    common::assert_success(&out, &format!("docker-generate {platform}"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["id"].as_str().unwrap().to_owned()
+}
+
+fn run_in(platform: &str, dir: &Path, args: &[&str]) -> Output {
+    image(platform);
+    dockerbuild(&shared_store(), dir).args(["run", "-p", platform]).args(args).output().unwrap()
+}
+
+/// (ELF class, e_machine) of a binary.
+fn elf(path: &Path) -> (u8, u16) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"\x7fELF", "{} is not ELF", path.display());
+    (b[4], u16::from_le_bytes([b[18], b[19]]))
+}
+
+const HELLO: &str = "#include <stdio.h>\nint main(void) { printf(\"hello from %d-bit %s\\n\", (int)(8 * sizeof(void *)), PLATFORM); return 0; }\n";
+
+fn compile_and_run(platform: &str, machine: u16, qemu: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.c"), HELLO).unwrap();
+    let out = run_in(platform, dir.path(), &["--", "sh", "-c", &format!("$CC -O2 -static -DPLATFORM='\"{platform}\"' -o hello hello.c")]);
+    common::assert_success(&out, &format!("compile for {platform}"));
+    let bin = dir.path().join("hello");
+    assert_eq!(elf(&bin), (2, machine), "64-bit ELF for the right machine");
+    let mut cmd = match qemu {
+        Some(q) => {
+            let mut c = Command::new(format!("{q}-static"));
+            c.arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let out = cmd.output().unwrap();
+    common::assert_success(&out, &format!("run the {platform} binary"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello from 64-bit {platform}\n"));
+}
+
+#[test]
+fn arm64_c_programs_cross_compile_and_run_under_qemu() {
+    if !ready() {
+        return;
+    }
+    compile_and_run("linux-arm64", 183, Some("qemu-aarch64"));
+}
+
+#[test]
+fn x64_c_programs_compile_and_run() {
+    if !ready() {
+        return;
+    }
+    compile_and_run("linux-x64", 62, None);
+}
+
+#[test]
+fn run_returns_the_exit_code_and_has_no_network_unless_asked() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in("linux-arm64", dir.path(), &["--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let out = run_in("linux-arm64", dir.path(), &["--", "ls", "/sys/class/net"]);
+    common::assert_success(&out, &"ls /sys/class/net");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "lo", "only loopback");
+    let out = run_in("linux-arm64", dir.path(), &["--network", "--", "ls", "/sys/class/net"]);
+    assert!(String::from_utf8_lossy(&out.stdout).split_whitespace().count() > 1, "--network adds an interface");
+}
+
+#[test]
+fn run_maps_the_current_directory_and_passes_environment() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let out = dockerbuild(&shared_store(), &dir.path().join("sub"))
+        .args(["run", "-p", "linux-arm64", "--workdir"])
+        .arg(dir.path())
+        .args(["-e", "GREETING=hi", "--env-prefix", "PATH", "/opt/x/bin", "--", "sh", "-c", "pwd; echo $GREETING $CROSS_TRIPLE; echo $PATH; touch made-here; id -u"])
+        .output()
+        .unwrap();
+    image("linux-arm64");
+    common::assert_success(&out, &"run in sub");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "/work/sub");
+    assert_eq!(lines[1], "hi aarch64-linux-gnu");
+    assert!(lines[2].starts_with("/opt/x/bin:"), "{}", lines[2]);
+    assert_eq!(lines[3], rustix::process::getuid().as_raw().to_string(), "runs as the caller");
+    assert!(dir.path().join("sub/made-here").exists());
+    // Nothing of the host but /work: not the store, not the project.
+    let out = run_in("linux-arm64", dir.path(), &["--", "sh", "-c", &format!("test -e {} || test -e {}", shared_store().display(), repo().join("Cargo.toml").display())]);
+    assert_eq!(out.status.code(), Some(1), "host paths are invisible");
+}
+
+#[test]
+fn the_entrypoint_script_runs_the_pinned_image() {
+    if !ready() {
+        return;
+    }
+    let id = image("linux-arm64");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dockerbuild(&shared_store(), dir.path()).args(["entrypoint", "-p", "linux-arm64"]).output().unwrap();
+    common::assert_success(&out, &"entrypoint");
+    let script = dir.path().join("dockcross");
+    std::fs::write(&script, &out.stdout).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    let out = Command::new("bash").arg(&script).args(["sh", "-c", "echo $CROSS_TRIPLE > triple; pwd"]).current_dir(dir.path()).output().unwrap();
+    common::assert_success(&out, &"entrypoint script");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/work");
+    assert_eq!(std::fs::read_to_string(dir.path().join("triple")).unwrap().trim(), "aarch64-linux-gnu");
+}
+
+/// The same lockfile in a second, empty store gives the same entry and image ID; with
+/// the entry present, generation is a lookup.
+#[test]
+fn images_are_reproducible_and_cached() {
+    if !ready() {
+        return;
+    }
+    let id = image("linux-x64");
+    let t0 = std::time::Instant::now();
+    assert_eq!(image("linux-x64"), id);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "cached: {:?}", t0.elapsed());
+    let fresh = tempfile::tempdir().unwrap();
+    let out = dockerbuild(&fresh.path().join("store"), &repo()).args(["--json", "docker-generate", "-p", "linux-x64"]).output().unwrap();
+    common::assert_success(&out, &"docker-generate in an empty store");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["id"].as_str().unwrap(), id);
+    assert_eq!(v[0]["cached"], false);
+}
