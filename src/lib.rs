@@ -11,6 +11,11 @@
 //! - [`source`]: source URLs (`https`, `file`, `pypi:`, `debian:`) and their resolvers.
 //! - [`lock`]: the lockfile's schema and text.
 //! - [`project`]: a project's catalogue (`sources.toml`), locking, and fetching sources.
+//! - [`toolchain`]: platform definitions (`toolchains/*.toml`), apt closures, reproducible
+//!   root filesystems and image archives.
+//! - [`docker`]: the Docker engine through bollard: labelled, confined containers that
+//!   are removed on errors and signals.
+//! - [`image`]: toolchain images generated from the lockfile, kept in the store, loaded.
 //! - [`config`]: `config.toml` and where the store lives by default.
 //! - [`progress`]: how long operations report progress without printing.
 //!
