@@ -25,7 +25,7 @@ use crate::toolchain::{self, Toolchain, ToolchainError};
 /// reproducible and independent of when they were built.
 pub const SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
 /// Bumped whenever the generator's output changes for the same inputs.
-const GENERATOR_VERSION: &str = "dockerbuild-image-v1";
+const GENERATOR_VERSION: &str = "dockerbuild-image-v2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -20,10 +20,19 @@ fn shared_store() -> PathBuf {
 }
 
 fn ready() -> bool {
-    let docker = Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success());
+    let docker = Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let root = rustix::process::geteuid().is_root();
-    let mmdebstrap = Command::new("mmdebstrap").arg("--version").output().is_ok_and(|o| o.status.success());
-    common::available("root, a Docker daemon and mmdebstrap (tests/setup-docker.sh)", docker && root && mmdebstrap)
+    let mmdebstrap = Command::new("mmdebstrap")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    common::available(
+        "root, a Docker daemon and mmdebstrap (tests/setup-docker.sh)",
+        docker && root && mmdebstrap,
+    )
 }
 
 fn dockerbuild(store: &Path, dir: &Path) -> Command {
@@ -45,7 +54,10 @@ fn image(platform: &str) -> String {
     // Serialize generation across the test processes of one run.
     let lock = File::create(shared_store().with_extension("lock")).unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    let out = dockerbuild(&shared_store(), &repo()).args(["--json", "docker-generate", "-p", platform]).output().unwrap();
+    let out = dockerbuild(&shared_store(), &repo())
+        .args(["--json", "docker-generate", "-p", platform])
+        .output()
+        .unwrap();
     common::assert_success(&out, &format!("docker-generate {platform}"));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v[0]["id"].as_str().unwrap().to_owned()
@@ -53,7 +65,11 @@ fn image(platform: &str) -> String {
 
 fn run_in(platform: &str, dir: &Path, args: &[&str]) -> Output {
     image(platform);
-    dockerbuild(&shared_store(), dir).args(["run", "-p", platform]).args(args).output().unwrap()
+    dockerbuild(&shared_store(), dir)
+        .args(["run", "-p", platform])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// (ELF class, e_machine) of a binary.
@@ -68,7 +84,16 @@ const HELLO: &str = "#include <stdio.h>\nint main(void) { printf(\"hello from %d
 fn compile_and_run(platform: &str, machine: u16, qemu: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.c"), HELLO).unwrap();
-    let out = run_in(platform, dir.path(), &["--", "sh", "-c", &format!("$CC -O2 -static -DPLATFORM='\"{platform}\"' -o hello hello.c")]);
+    let out = run_in(
+        platform,
+        dir.path(),
+        &[
+            "--",
+            "sh",
+            "-c",
+            &format!("$CC -O2 -static -DPLATFORM='\"{platform}\"' -o hello hello.c"),
+        ],
+    );
     common::assert_success(&out, &format!("compile for {platform}"));
     let bin = dir.path().join("hello");
     assert_eq!(elf(&bin), (2, machine), "64-bit ELF for the right machine");
@@ -82,7 +107,10 @@ fn compile_and_run(platform: &str, machine: u16, qemu: Option<&str>) {
     };
     let out = cmd.output().unwrap();
     common::assert_success(&out, &format!("run the {platform} binary"));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello from 64-bit {platform}\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("hello from 64-bit {platform}\n")
+    );
 }
 
 #[test]
@@ -111,9 +139,23 @@ fn run_returns_the_exit_code_and_has_no_network_unless_asked() {
     assert_eq!(out.status.code(), Some(7));
     let out = run_in("linux-arm64", dir.path(), &["--", "ls", "/sys/class/net"]);
     common::assert_success(&out, &"ls /sys/class/net");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "lo", "only loopback");
-    let out = run_in("linux-arm64", dir.path(), &["--network", "--", "ls", "/sys/class/net"]);
-    assert!(String::from_utf8_lossy(&out.stdout).split_whitespace().count() > 1, "--network adds an interface");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "lo",
+        "only loopback"
+    );
+    let out = run_in(
+        "linux-arm64",
+        dir.path(),
+        &["--network", "--", "ls", "/sys/class/net"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .count()
+            > 1,
+        "--network adds an interface"
+    );
 }
 
 #[test]
@@ -126,7 +168,17 @@ fn run_maps_the_current_directory_and_passes_environment() {
     let out = dockerbuild(&shared_store(), &dir.path().join("sub"))
         .args(["run", "-p", "linux-arm64", "--workdir"])
         .arg(dir.path())
-        .args(["-e", "GREETING=hi", "--env-prefix", "PATH", "/opt/x/bin", "--", "sh", "-c", "pwd; echo $GREETING $CROSS_TRIPLE; echo $PATH; touch made-here; id -u"])
+        .args([
+            "-e",
+            "GREETING=hi",
+            "--env-prefix",
+            "PATH",
+            "/opt/x/bin",
+            "--",
+            "sh",
+            "-c",
+            "pwd; echo $GREETING $CROSS_TRIPLE; echo $PATH; touch made-here; id -u",
+        ])
         .output()
         .unwrap();
     image("linux-arm64");
@@ -136,10 +188,27 @@ fn run_maps_the_current_directory_and_passes_environment() {
     assert_eq!(lines[0], "/work/sub");
     assert_eq!(lines[1], "hi aarch64-linux-gnu");
     assert!(lines[2].starts_with("/opt/x/bin:"), "{}", lines[2]);
-    assert_eq!(lines[3], rustix::process::getuid().as_raw().to_string(), "runs as the caller");
+    assert_eq!(
+        lines[3],
+        rustix::process::getuid().as_raw().to_string(),
+        "runs as the caller"
+    );
     assert!(dir.path().join("sub/made-here").exists());
     // Nothing of the host but /work: not the store, not the project.
-    let out = run_in("linux-arm64", dir.path(), &["--", "sh", "-c", &format!("test -e {} || test -e {}", shared_store().display(), repo().join("Cargo.toml").display())]);
+    let out = run_in(
+        "linux-arm64",
+        dir.path(),
+        &[
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "test -e {} || test -e {}",
+                shared_store().display(),
+                repo().join("Cargo.toml").display()
+            ),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "host paths are invisible");
 }
 
@@ -150,15 +219,28 @@ fn the_entrypoint_script_runs_the_pinned_image() {
     }
     let id = image("linux-arm64");
     let dir = tempfile::tempdir().unwrap();
-    let out = dockerbuild(&shared_store(), dir.path()).args(["entrypoint", "-p", "linux-arm64"]).output().unwrap();
+    let out = dockerbuild(&shared_store(), dir.path())
+        .args(["entrypoint", "-p", "linux-arm64"])
+        .output()
+        .unwrap();
     common::assert_success(&out, &"entrypoint");
     let script = dir.path().join("dockcross");
     std::fs::write(&script, &out.stdout).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
-    let out = Command::new("bash").arg(&script).args(["sh", "-c", "echo $CROSS_TRIPLE > triple; pwd"]).current_dir(dir.path()).output().unwrap();
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["sh", "-c", "echo $CROSS_TRIPLE > triple; pwd"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     common::assert_success(&out, &"entrypoint script");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/work");
-    assert_eq!(std::fs::read_to_string(dir.path().join("triple")).unwrap().trim(), "aarch64-linux-gnu");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("triple"))
+            .unwrap()
+            .trim(),
+        "aarch64-linux-gnu"
+    );
 }
 
 /// The same lockfile in a second, empty store gives the same entry and image ID; with
@@ -171,9 +253,16 @@ fn images_are_reproducible_and_cached() {
     let id = image("linux-x64");
     let t0 = std::time::Instant::now();
     assert_eq!(image("linux-x64"), id);
-    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "cached: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "cached: {:?}",
+        t0.elapsed()
+    );
     let fresh = tempfile::tempdir().unwrap();
-    let out = dockerbuild(&fresh.path().join("store"), &repo()).args(["--json", "docker-generate", "-p", "linux-x64"]).output().unwrap();
+    let out = dockerbuild(&fresh.path().join("store"), &repo())
+        .args(["--json", "docker-generate", "-p", "linux-x64"])
+        .output()
+        .unwrap();
     common::assert_success(&out, &"docker-generate in an empty store");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["id"].as_str().unwrap(), id);

@@ -27,7 +27,7 @@ use tar::{EntryType, Header};
 use super::{Result, Toolchain, ToolchainError, rfc3339};
 
 /// The label every image dockerbuild builds carries (`"true"`).
-pub const LABEL_MANAGED: &str = "org.dockerbuild.managed";
+pub use crate::docker::LABEL_MANAGED;
 /// The label naming the image's toolchain.
 pub const LABEL_TOOLCHAIN: &str = "org.dockerbuild.toolchain";
 
@@ -101,10 +101,8 @@ pub fn write_image_archive(
 
     // The config.
     let created = rfc3339(epoch);
-    let labels = BTreeMap::from([
-        (LABEL_MANAGED.to_owned(), "true".to_owned()),
-        (LABEL_TOOLCHAIN.to_owned(), tc.name.clone()),
-    ]);
+    let mut labels = crate::docker::managed_labels(crate::docker::KIND_IMAGE);
+    labels.insert(LABEL_TOOLCHAIN.to_owned(), tc.name.clone());
     let config = ImageConfig {
         architecture,
         variant,
