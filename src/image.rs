@@ -180,6 +180,7 @@ pub fn generate(
         version: Some(info.id.clone()),
         origin: Some(origin(&key)),
         references: digests,
+        build: None,
     };
     let entry = store.add_path(&archive, &new, progress("image").as_ref())?;
     Ok(Image {

@@ -30,6 +30,7 @@
 //!   `lock`).
 
 pub mod archive;
+pub mod build;
 pub mod config;
 pub mod digest;
 pub mod docker;

@@ -268,3 +268,227 @@ fn images_are_reproducible_and_cached() {
     assert_eq!(v[0]["id"].as_str().unwrap(), id);
     assert_eq!(v[0]["cached"], false);
 }
+
+// ---------------------------------------------------------------------------------------
+// Library-level builds
+
+mod builds {
+    use super::*;
+    use dockerbuild::build::{self, BuildError, BuildOptions, BuildSpec};
+    use dockerbuild::docker::Engine;
+    use dockerbuild::fetch::{Http, HttpOptions};
+    use dockerbuild::image::{self, Image};
+    use dockerbuild::progress::Silent;
+    use dockerbuild::project::Project;
+    use dockerbuild::source::Fetcher;
+    use dockerbuild::store::{Kind, LocalStore, NewEntry, Store};
+    use std::collections::BTreeMap;
+
+    pub struct Ctx {
+        pub store: LocalStore,
+        pub engine: Engine,
+        pub project: Project,
+        pub image: Image,
+    }
+
+    pub fn ctx(store_dir: &Path, platform: &str) -> Ctx {
+        let project = Project::open(&repo()).unwrap();
+        let store = LocalStore::open(store_dir).unwrap();
+        let lock = project.read_lock().unwrap().unwrap();
+        let fetcher = Fetcher::new(Http::new(HttpOptions::from_env()));
+        let image = image::generate(&store, &fetcher, &project, &lock, platform, &|_| {
+            Box::new(Silent)
+        })
+        .unwrap();
+        Ctx {
+            store,
+            engine: Engine::connect().unwrap(),
+            project,
+            image,
+        }
+    }
+
+    pub fn spec(
+        name: &str,
+        platform: &str,
+        inputs: &[(&str, dockerbuild::digest::Digest)],
+        script: &str,
+    ) -> BuildSpec {
+        BuildSpec {
+            name: name.into(),
+            platform: platform.into(),
+            inputs: inputs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            script: script.into(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn builds_see_only_what_they_declared_and_run_once() {
+        if !ready() {
+            return;
+        }
+        image("linux-arm64");
+        let c = ctx(&shared_store(), "linux-arm64");
+        let data = c
+            .store
+            .add_reader(
+                &mut &b"input bytes"[..],
+                false,
+                &NewEntry::new("data.txt", Kind::Source),
+                None,
+            )
+            .unwrap();
+        let script = format!(
+            "id -u > $DOCKERBUILD_OUT/uid\n\
+             if touch /inputs/data 2>/dev/null; then echo writable > $DOCKERBUILD_OUT/inputs; else echo read-only > $DOCKERBUILD_OUT/inputs; fi\n\
+             ls /sys/class/net > $DOCKERBUILD_OUT/net\n\
+             if test -e {} || test -e {}; then echo visible > $DOCKERBUILD_OUT/host; else echo hidden > $DOCKERBUILD_OUT/host; fi\n\
+             echo \"$TZ $SOURCE_DATE_EPOCH $HOME $PWD\" > $DOCKERBUILD_OUT/env\n\
+             cp /inputs/data $DOCKERBUILD_OUT/copy\n",
+            shared_store().display(),
+            repo().join("Cargo.toml").display()
+        );
+        let s = spec(
+            "isolation-probe",
+            "linux-arm64",
+            &[("data", data.meta.digest)],
+            &script,
+        );
+        let mut log = Vec::new();
+        let b = build::build(
+            &c.store,
+            &c.engine,
+            &c.project,
+            &c.image,
+            &s,
+            &BuildOptions::default(),
+            &mut |x| log.extend_from_slice(x),
+        )
+        .unwrap();
+        let read = |f: &str| {
+            std::fs::read_to_string(b.entry.path.join(f))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        assert_ne!(read("uid"), "0", "an unprivileged uid");
+        assert_eq!(read("inputs"), "read-only");
+        assert_eq!(read("net"), "lo", "no network");
+        assert_eq!(read("host"), "hidden", "nothing of the host");
+        assert_eq!(read("env"), "UTC 1700000000 /build/home /build");
+        assert_eq!(read("copy"), "input bytes");
+        assert_eq!(b.entry.meta.kind, Kind::Output);
+        assert_eq!(b.entry.meta.references, vec![data.meta.digest]);
+        assert_eq!(b.entry.meta.build.as_ref().unwrap().key, b.key);
+        // The same key again is a lookup.
+        let again = build::build(
+            &c.store,
+            &c.engine,
+            &c.project,
+            &c.image,
+            &s,
+            &BuildOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(again.cached);
+        assert_eq!(again.entry.meta.digest, b.entry.meta.digest);
+        // A different script is a different key.
+        let other = spec(
+            "isolation-probe",
+            "linux-arm64",
+            &[("data", data.meta.digest)],
+            &format!("{script}\ntrue"),
+        );
+        assert_ne!(build::key(&other, &c.image), b.key);
+    }
+
+    #[test]
+    fn failed_builds_show_their_tail_and_add_nothing() {
+        if !ready() {
+            return;
+        }
+        image("linux-arm64");
+        let c = ctx(&shared_store(), "linux-arm64");
+        let s = spec(
+            "doomed",
+            "linux-arm64",
+            &[],
+            "echo making progress\necho something broke >&2\nexit 3",
+        );
+        let err = build::build(
+            &c.store,
+            &c.engine,
+            &c.project,
+            &c.image,
+            &s,
+            &BuildOptions { keep_failed: true },
+            &mut |_| {},
+        )
+        .unwrap_err();
+        let BuildError::Failed {
+            code, tail, keep, ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(*code, 3);
+        assert!(tail.contains("something broke"), "{tail}");
+        let kept = keep.as_ref().unwrap();
+        assert!(
+            kept.join("build").is_dir() && err.to_string().contains(&kept.display().to_string())
+        );
+        std::fs::remove_dir_all(kept).unwrap();
+        assert!(
+            build::find(&c.store, "doomed", &build::key(&s, &c.image))
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn sigint_during_run_leaves_no_container() {
+    if !ready() {
+        return;
+    }
+    image("linux-arm64");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = dockerbuild(&shared_store(), dir.path())
+        .args(["run", "-p", "linux-arm64", "--", "sleep", "123.456"])
+        .spawn()
+        .unwrap();
+    // Other tests run containers too: count only this one, by its unique command.
+    let count = || {
+        let out = Command::new("/usr/bin/docker")
+            .args([
+                "ps",
+                "-a",
+                "--no-trunc",
+                "--filter",
+                "label=org.dockerbuild.kind=run",
+                "--format",
+                "{{.Command}}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("123.456"))
+            .count()
+    };
+    let t0 = std::time::Instant::now();
+    while count() == 0 && t0.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(count() > 0, "the container started (positive control)");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert_eq!(count(), 0, "no labelled run container remains after SIGINT");
+}

@@ -140,6 +140,7 @@ pub fn run(cmd: StoreCommand, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
                 version,
                 origin,
                 references,
+                build: None,
             };
             let e = store
                 .add_path(&path, &new, &bar)

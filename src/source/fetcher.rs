@@ -256,6 +256,7 @@ impl Fetcher {
             version: Some(pin.version.to_owned()),
             origin: Some(location.to_owned()),
             references: Vec::new(),
+            build: None,
         };
         let entry = store.commit_file(staged, &new, false, pin.blake3)?;
         Ok((entry, fetched))

@@ -147,6 +147,7 @@ impl LocalStore {
             references,
             size: node.content_size(),
             nodes: node.count(),
+            build: new.build.clone(),
         };
         let meta_tmp = staging.dir().join("meta.json");
         let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
@@ -464,6 +465,7 @@ impl Store for LocalStore {
             version: meta.version.clone(),
             origin: meta.origin.clone(),
             references: meta.references.clone(),
+            build: meta.build.clone(),
         };
         self.publish(staging, node, &new)
     }

@@ -88,6 +88,18 @@ pub struct EntryMeta {
     pub size: u64,
     /// Files, symlinks and directories in the tree (1 for a plain file).
     pub nodes: u64,
+    /// For build outputs: the build that produced the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRecord>,
+}
+
+/// How a build output was made: its key (the hash of everything that went into it) and
+/// the tail of its log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub key: Digest,
+    pub platform: String,
+    pub log_tail: String,
 }
 
 /// The caller-supplied part of an entry's metadata.
@@ -98,6 +110,7 @@ pub struct NewEntry {
     pub version: Option<String>,
     pub origin: Option<String>,
     pub references: Vec<Digest>,
+    pub build: Option<BuildRecord>,
 }
 
 impl NewEntry {

@@ -38,8 +38,8 @@ pub use export::{EXPORT_HEADER_NAME, ExportHeader};
 pub use gc::{GcReport, RootFile};
 pub use local::LocalStore;
 pub use meta::{
-    EntryMeta, FORMAT_VERSION, InvalidName, Kind, MAX_NAME_LEN, NewEntry, sanitize_name,
-    validate_name,
+    BuildRecord, EntryMeta, FORMAT_VERSION, InvalidName, Kind, MAX_NAME_LEN, NewEntry,
+    sanitize_name, validate_name,
 };
 pub use stage::{StagedFile, StagedTree, TreeWriter};
 pub use walk::hash_path;
