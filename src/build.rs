@@ -75,11 +75,17 @@ pub enum BuildError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Image(#[from] ImageError),
+    Image(Box<ImageError>),
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<ImageError> for BuildError {
+    fn from(e: ImageError) -> Self {
+        BuildError::Image(Box::new(e))
+    }
 }
 
 /// A finished build.
