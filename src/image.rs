@@ -13,11 +13,10 @@ use tracing::info;
 
 use crate::digest::Digest;
 use crate::docker::{DockerError, Engine};
-use crate::fetch::Fetched;
 use crate::lock::Lockfile;
 use crate::progress::Progress;
 use crate::project::{Project, ProjectError, deb_pin};
-use crate::source::{Fetcher, Pin, SourceError};
+use crate::source::{Fetcher, SourceError};
 use crate::store::{Entry, Kind, LocalStore, NewEntry, Store, StoreError};
 use crate::toolchain::{self, Toolchain, ToolchainError};
 
@@ -146,23 +145,7 @@ pub fn generate(
         let pin = deb_pin(d).ok_or_else(|| ImageError::BadDeb {
             name: d.name.clone(),
         })?;
-        let entry = match store.get(&d.blake3)? {
-            Some(e) => e,
-            None => {
-                let bar = progress(&d.name);
-                let p = Pin {
-                    name: &d.name,
-                    version: &d.version,
-                    file: &d.file,
-                    locations: &d.locations,
-                    sha256: Some(&d.sha256),
-                    size: Some(d.size),
-                    blake3: Some(d.blake3),
-                };
-                let (e, _): (Entry, Fetched) = fetcher.fetch(store, &p, bar.as_ref())?;
-                e
-            }
-        };
+        let entry = crate::project::fetch_one(store, fetcher, d, progress)?;
         files.push((pin, entry.path));
     }
     let tmp = tempfile::Builder::new()

@@ -449,14 +449,10 @@ impl Project {
             }
         }
         let results = parallel(&to_fetch, 4, |d| {
+            // Not pinned yet: its store address is what this fetch learns.
             let pin = Pin {
-                name: &d.name,
-                version: &d.version,
-                file: &d.file,
-                locations: &d.locations,
-                sha256: Some(&d.sha256),
-                size: Some(d.size),
                 blake3: None,
+                ..pin(d)
             };
             let bar = progress(&d.name);
             fetcher.fetch(store, &pin, bar.as_ref())
@@ -543,7 +539,21 @@ pub fn fetch_all(
 
 use std::sync::Mutex;
 
-fn fetch_one(
+/// How a lockfile entry is fetched: every pin it records must hold.
+pub fn pin(p: &LockedSource) -> Pin<'_> {
+    Pin {
+        name: &p.name,
+        version: &p.version,
+        file: &p.file,
+        locations: &p.locations,
+        sha256: Some(&p.sha256),
+        size: Some(p.size),
+        blake3: Some(p.blake3),
+    }
+}
+
+/// Brings one locked file into the store unless it is there already (no network then).
+pub fn fetch_one(
     store: &LocalStore,
     fetcher: &Fetcher,
     p: &LockedSource,
@@ -558,17 +568,8 @@ fn fetch_one(
             bytes: 0,
         });
     }
-    let pin = Pin {
-        name: &p.name,
-        version: &p.version,
-        file: &p.file,
-        locations: &p.locations,
-        sha256: Some(&p.sha256),
-        size: Some(p.size),
-        blake3: Some(p.blake3),
-    };
     let bar = progress(&p.name);
-    let (entry, fetched) = fetcher.fetch(store, &pin, bar.as_ref())?;
+    let (entry, fetched) = fetcher.fetch(store, &pin(p), bar.as_ref())?;
     Ok(FetchOutcome {
         name: p.name.clone(),
         file: p.file.clone(),
