@@ -492,3 +492,76 @@ fn sigint_during_run_leaves_no_container() {
     assert!(!status.success());
     assert_eq!(count(), 0, "no labelled run container remains after SIGINT");
 }
+
+/// git 2.39.5 from its pinned `.orig` tarball, cross-compiled for linux-arm64 through the
+/// library build path; under QEMU it prints its version. The second build is a lookup and
+/// a rebuild in a second, empty store gives the same output digest.
+#[test]
+fn git_cross_compiles_for_arm64_and_rebuilds_identically() {
+    if !ready() {
+        return;
+    }
+    image("linux-arm64");
+    let script = std::fs::read_to_string(repo().join("tests/fixtures/builds/git.sh")).unwrap();
+    let run_build = |store_dir: &Path| {
+        let c = builds::ctx(store_dir, "linux-arm64");
+        // The source comes from the lockfile like any other.
+        let lock = c.project.read_lock().unwrap().unwrap();
+        let fetcher = dockerbuild::source::Fetcher::new(dockerbuild::fetch::Http::new(
+            dockerbuild::fetch::HttpOptions::from_env(),
+        ));
+        let git = lock.get("git").unwrap();
+        let src = dockerbuild::project::fetch_one(&c.store, &fetcher, git, &|_| {
+            Box::new(dockerbuild::progress::Silent)
+        })
+        .unwrap();
+        let spec = builds::spec(
+            "git-2.39.5-linux-arm64",
+            "linux-arm64",
+            &[("git", git.blake3)],
+            &script,
+        );
+        assert!(src.path.exists());
+        let b = dockerbuild::build::build(
+            &c.store,
+            &c.engine,
+            &c.project,
+            &c.image,
+            &spec,
+            &Default::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let again = dockerbuild::build::build(
+            &c.store,
+            &c.engine,
+            &c.project,
+            &c.image,
+            &spec,
+            &Default::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(again.cached, "the second build is a lookup");
+        (b, c.image.id.clone())
+    };
+    let (b, image_id) = run_build(&shared_store());
+    let bin = b.entry.path.join("bin/git");
+    assert_eq!(elf(&bin), (2, 183), "a 64-bit aarch64 ELF");
+    let out = Command::new("qemu-aarch64-static")
+        .arg(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"git --version under QEMU");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "git version 2.39.5\n");
+
+    let fresh = tempfile::tempdir().unwrap();
+    let (b2, image2) = run_build(&fresh.path().join("store"));
+    assert_eq!(image2, image_id, "same image from an empty store");
+    assert!(!b2.cached);
+    assert_eq!(
+        b2.entry.meta.digest, b.entry.meta.digest,
+        "the same output digest from an empty store"
+    );
+}
