@@ -383,6 +383,49 @@ fn gc_keeps_pins_registered_lockfiles_and_their_references() {
 }
 
 #[test]
+fn outputs_of_registered_lockfiles_are_kept() {
+    let env = TestEnv::new();
+    let add = |name: &str, extra: &[&str]| -> String {
+        let f = env.path().join(name);
+        write(&f, name.as_bytes());
+        let mut args = vec![
+            "--json",
+            "store",
+            "add",
+            f.to_str().unwrap(),
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        json(&env.ok(&args))["digest"].as_str().unwrap().to_owned()
+    };
+    let src = add("src", &["--kind", "source"]);
+    let other = add("other", &["--kind", "source"]);
+    add("built", &["--kind", "output", "--reference", &src]);
+    add(
+        "stray",
+        &[
+            "--kind",
+            "output",
+            "--reference",
+            &src,
+            "--reference",
+            &other,
+        ],
+    );
+    let lockfile = env.path().join("dockerbuild.lock");
+    write(&lockfile, format!("blake3 = \"{src}\"\n").as_bytes());
+    env.ok(&["store", "add-root", lockfile.to_str().unwrap()]);
+    env.ok(&["store", "gc"]);
+    let left = env.entries_on_disk();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|e| e.ends_with("-built")) && left.iter().any(|e| e.ends_with("-src")));
+    std::fs::remove_file(&lockfile).unwrap();
+    env.ok(&["store", "gc"]);
+    assert!(env.entries_on_disk().is_empty());
+}
+
+#[test]
 fn config_file_names_the_store() {
     let env = TestEnv::new();
     let store = env.path().join("from-config");

@@ -3,7 +3,9 @@
 //! Roots are pins (`store pin`) and files registered with `store add-root` (lockfiles):
 //! every entry whose 64-hex-digit digest appears anywhere in a registered file is a
 //! root, so any format that records digests (lockfiles, build records) roots what it
-//! names without the store having to parse it. References in metadata are followed.
+//! names without the store having to parse it. What those lockfiles produced is rooted
+//! too: an `output` or `toolchain` entry all of whose references are pinned by registered
+//! files. References in metadata are followed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::local::LocalStore;
-use super::{Result, Store, StoreError};
+use super::{Kind, Result, Store, StoreError};
 use crate::digest::Digest;
 
 /// A file registered as a gc root.
@@ -125,18 +127,32 @@ impl LocalStore {
         };
         let all = self.all_digests()?;
         let present: HashMap<Digest, PathBuf> = all.iter().cloned().collect();
-        let mut roots: Vec<Digest> = self.pins()?;
+        let mut locked: Vec<Digest> = Vec::new();
         for rf in self.root_files()? {
             if !rf.exists {
                 report.missing_roots.push(rf.path);
                 continue;
             }
             let text = fs::read(&rf.path).map_err(StoreError::io("read gc root", &rf.path))?;
-            roots.extend(
+            locked.extend(
                 digests_in(&text)
                     .into_iter()
                     .filter(|d| present.contains_key(d)),
             );
+        }
+        let locked_set: BTreeSet<Digest> = locked.iter().copied().collect();
+        // What registered lockfiles produced is rooted with them: a build output or a
+        // toolchain image whose inputs are all pinned by registered lockfiles.
+        let mut roots: Vec<Digest> = self.pins()?;
+        roots.extend(locked);
+        for (digest, _) in &all {
+            if let Ok(meta) = self.read_meta(digest)
+                && matches!(meta.kind, Kind::Output | Kind::Toolchain)
+                && !meta.references.is_empty()
+                && meta.references.iter().all(|r| locked_set.contains(r))
+            {
+                roots.push(*digest);
+            }
         }
         let mut live = BTreeSet::new();
         while let Some(d) = roots.pop() {
