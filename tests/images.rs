@@ -565,3 +565,46 @@ fn git_cross_compiles_for_arm64_and_rebuilds_identically() {
         "the same output digest from an empty store"
     );
 }
+
+/// `dockerbuild shell` in a real pseudo-terminal (util-linux `script`): a TTY in the
+/// container, the toolchain's environment, /work, and the exit status of the shell.
+#[test]
+fn shell_runs_in_a_pseudo_terminal() {
+    if !ready() {
+        return;
+    }
+    image("linux-arm64");
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "{} --project {} --store {} --locked -q shell -p linux-arm64",
+        env!("CARGO_BIN_EXE_dockerbuild"),
+        repo().display(),
+        shared_store().display()
+    );
+    let mut child = Command::new("timeout")
+        .args(["120", "script", "-qec", &cmd, "/dev/null"])
+        .current_dir(dir.path())
+        .env(
+            "DOCKERBUILD_CONFIG",
+            shared_store().with_extension("config.toml"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    std::io::Write::write_all(&mut stdin, b"tty; echo triple=$CROSS_TRIPLE; pwd; exit 5\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "no TTY:\n{text}");
+    assert!(text.contains("triple=aarch64-linux-gnu"), "{text}");
+    assert!(text.contains("\r\n/work\r\n"), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "the shell's exit status:\n{text}"
+    );
+}
