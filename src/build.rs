@@ -108,13 +108,8 @@ fn origin(key: &Digest) -> String {
 }
 
 /// The output already built for `key`, if any.
-pub fn find(store: &LocalStore, name: &str, key: &Digest) -> Result<Option<Entry>, StoreError> {
-    let origin = origin(key);
-    Ok(store.list()?.into_iter().find(|e| {
-        e.meta.name == name
-            && e.meta.kind == Kind::Output
-            && e.meta.origin.as_deref() == Some(origin.as_str())
-    }))
+pub fn find(store: &LocalStore, key: &Digest) -> Result<Option<Entry>, StoreError> {
+    store.resolve_key(key)
 }
 
 /// Options of one build run.
@@ -135,7 +130,7 @@ pub fn build(
     output: &mut dyn FnMut(&[u8]),
 ) -> Result<Built, BuildError> {
     let key = key(spec, image);
-    if let Some(entry) = find(store, &spec.name, &key)? {
+    if let Some(entry) = find(store, &key)? {
         return Ok(Built {
             key,
             entry,
@@ -246,6 +241,8 @@ pub fn build(
         }),
     };
     let entry = store.add_path(&out, &new, &crate::progress::Silent)?;
+    // The contents may already exist under another key: index this one too.
+    store.bind_key(&key, &entry.meta.digest)?;
     Ok(Built {
         key,
         entry,

@@ -17,7 +17,7 @@ use crate::lock::Lockfile;
 use crate::progress::Progress;
 use crate::project::{Project, ProjectError, deb_pin};
 use crate::source::{Fetcher, SourceError};
-use crate::store::{Entry, Kind, LocalStore, NewEntry, Store, StoreError};
+use crate::store::{Kind, LocalStore, NewEntry, Store, StoreError};
 use crate::toolchain::{self, Toolchain, ToolchainError};
 
 /// Every time stamp in a generated image (2023-11-14T22:13:20Z); fixed so images are
@@ -95,16 +95,6 @@ fn origin(key: &Digest) -> String {
     format!("toolchain-image:{}", key.to_hex())
 }
 
-/// The image's ID is recorded as the entry's version.
-fn find(store: &LocalStore, platform: &str, key: &Digest) -> Result<Option<Entry>, StoreError> {
-    let name = entry_name(platform);
-    let origin = origin(key);
-    Ok(store
-        .list()?
-        .into_iter()
-        .find(|e| e.meta.name == name && e.meta.origin.as_deref() == Some(origin.as_str())))
-}
-
 /// Returns the platform's image from the store, generating it (fetching its `.deb` files
 /// first) when the store has none for this lockfile.
 pub fn generate(
@@ -130,7 +120,7 @@ pub fn generate(
     }
     let digests: Vec<Digest> = debs.iter().map(|d| d.blake3).collect();
     let key = key(tc, &digests);
-    if let Some(e) = find(store, platform, &key)? {
+    if let Some(e) = store.resolve_key(&key)? {
         return Ok(Image {
             platform: platform.to_owned(),
             id: e.meta.version.clone().unwrap_or_default(),
@@ -166,6 +156,7 @@ pub fn generate(
         build: None,
     };
     let entry = store.add_path(&archive, &new, progress("image").as_ref())?;
+    store.bind_key(&key, &entry.meta.digest)?;
     Ok(Image {
         platform: platform.to_owned(),
         id: info.id,

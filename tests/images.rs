@@ -441,7 +441,7 @@ mod builds {
         );
         std::fs::remove_dir_all(kept).unwrap();
         assert!(
-            build::find(&c.store, "doomed", &build::key(&s, &c.image))
+            build::find(&c.store, &build::key(&s, &c.image))
                 .unwrap()
                 .is_none()
         );

@@ -40,7 +40,7 @@ impl LocalStore {
     fn open_with(root: &Path, mode: Mode) -> Result<Self> {
         check_no_newer_format(root)?;
         let dir = root.join(format!("v{FORMAT_VERSION}"));
-        for sub in [".tmp", ".meta", ".pins", ".roots"] {
+        for sub in [".tmp", ".meta", ".pins", ".roots", ".keys"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io("create store directory", &p))?;
         }
@@ -187,6 +187,31 @@ impl LocalStore {
         })
     }
 
+    /// Records that the build (or image generation) with `key` produced the entry
+    /// `digest`. Several keys may produce the same contents; the entry's own metadata
+    /// keeps the first one, this index keeps them all.
+    pub fn bind_key(&self, key: &Digest, digest: &Digest) -> Result<()> {
+        let dir = self.dir.join(".keys");
+        let path = dir.join(key.to_hex());
+        let tmp = self.tmp_dir().join(format!("key-{}", key.to_hex()));
+        fs::write(&tmp, digest.to_string()).map_err(StoreError::io("write key record", &tmp))?;
+        fs::rename(&tmp, &path).map_err(StoreError::io("publish key record", &path))
+    }
+
+    /// The entry a key produced, if it is still in the store.
+    pub fn resolve_key(&self, key: &Digest) -> Result<Option<Entry>> {
+        let path = self.dir.join(".keys").join(key.to_hex());
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("read key record", &path)(e)),
+        };
+        match Digest::parse(text.trim()) {
+            Ok(d) => self.get(&d),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Starts a directory tree in the staging area.
     pub fn stage_tree(&self) -> Result<StagedTree> {
         let staging = self.staging()?;
@@ -298,10 +323,21 @@ impl LocalStore {
         Ok(bad)
     }
 
-    /// Removes metadata files whose entry is gone (left by interrupted adds).
+    /// Removes metadata files and key records whose entry is gone.
     pub(crate) fn remove_orphan_meta(&self) -> Result<usize> {
         let present: std::collections::HashSet<Digest> =
             self.all_digests()?.into_iter().map(|(d, _)| d).collect();
+        let keys = self.dir.join(".keys");
+        for item in fs::read_dir(&keys).map_err(StoreError::io("read directory", &keys))? {
+            let item = item.map_err(StoreError::io("read directory", &keys))?;
+            let live = fs::read_to_string(item.path())
+                .ok()
+                .and_then(|t| Digest::parse(t.trim()).ok())
+                .is_some_and(|d| present.contains(&d));
+            if !live {
+                let _ = fs::remove_file(item.path());
+            }
+        }
         let meta_dir = self.dir.join(".meta");
         let mut n = 0;
         for item in fs::read_dir(&meta_dir).map_err(StoreError::io("read directory", &meta_dir))? {
@@ -468,5 +504,39 @@ impl Store for LocalStore {
             build: meta.build.clone(),
         };
         self.publish(staging, node, &new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_keys_can_produce_the_same_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(&dir.path().join("s")).unwrap();
+        let (k1, k2) = (Digest::of(b"key one"), Digest::of(b"key two"));
+        let new = NewEntry::new("out", crate::store::Kind::Output);
+        let e1 = store
+            .add_reader(&mut &b"same"[..], false, &new, None)
+            .unwrap();
+        store.bind_key(&k1, &e1.meta.digest).unwrap();
+        let e2 = store
+            .add_reader(&mut &b"same"[..], false, &new, None)
+            .unwrap();
+        store.bind_key(&k2, &e2.meta.digest).unwrap();
+        assert_eq!(store.resolve_key(&k1).unwrap(), Some(e1.clone()));
+        assert_eq!(store.resolve_key(&k2).unwrap(), Some(e1.clone()));
+        assert_eq!(store.resolve_key(&Digest::of(b"other")).unwrap(), None);
+        // A key whose entry is gone resolves to nothing, and gc drops the record.
+        store.remove(&e1.meta.digest).unwrap();
+        assert_eq!(store.resolve_key(&k1).unwrap(), None);
+        store.remove_orphan_meta().unwrap();
+        assert_eq!(
+            std::fs::read_dir(store.entries_dir().join(".keys"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

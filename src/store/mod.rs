@@ -14,6 +14,8 @@
 //!     ├── .meta/<hex>.json        EntryMeta, written before the entry is published
 //!     ├── .pins/<hex>             gc roots made by `store pin`
 //!     ├── .roots/<hex>            gc roots: files registered by `store add-root`
+//!     ├── .keys/<key hex>         build key -> the entry it produced (several keys may
+//!     │                           produce one entry)
 //!     └── <hex>-<name>            an entry: a read-only file or directory tree
 //! ```
 //!
