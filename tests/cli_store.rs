@@ -331,23 +331,26 @@ fn hostile_export_members_are_refused() {
     assert!(!env.path().join("x").exists() && !other.join("v1/x").exists());
 }
 
+/// Adds a file whose contents are its name; returns its digest.
+fn add_named(env: &TestEnv, name: &str, extra: &[&str]) -> String {
+    let f = env.path().join(name);
+    write(&f, name.as_bytes());
+    let mut args = vec![
+        "--json",
+        "store",
+        "add",
+        f.to_str().unwrap(),
+        "--name",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    json(&env.ok(&args))["digest"].as_str().unwrap().to_owned()
+}
+
 #[test]
 fn gc_keeps_pins_registered_lockfiles_and_their_references() {
     let env = TestEnv::new();
-    let add = |name: &str, extra: &[&str]| -> String {
-        let f = env.path().join(name);
-        write(&f, name.as_bytes());
-        let mut args = vec![
-            "--json",
-            "store",
-            "add",
-            f.to_str().unwrap(),
-            "--name",
-            name,
-        ];
-        args.extend_from_slice(extra);
-        json(&env.ok(&args))["digest"].as_str().unwrap().to_owned()
-    };
+    let add = |name: &str, extra: &[&str]| add_named(&env, name, extra);
     let lib = add("lib", &[]);
     let app = add("app", &["--reference", &lib]);
     let pinned = add("pinned", &[]);
@@ -385,20 +388,7 @@ fn gc_keeps_pins_registered_lockfiles_and_their_references() {
 #[test]
 fn outputs_of_registered_lockfiles_are_kept() {
     let env = TestEnv::new();
-    let add = |name: &str, extra: &[&str]| -> String {
-        let f = env.path().join(name);
-        write(&f, name.as_bytes());
-        let mut args = vec![
-            "--json",
-            "store",
-            "add",
-            f.to_str().unwrap(),
-            "--name",
-            name,
-        ];
-        args.extend_from_slice(extra);
-        json(&env.ok(&args))["digest"].as_str().unwrap().to_owned()
-    };
+    let add = |name: &str, extra: &[&str]| add_named(&env, name, extra);
     let src = add("src", &["--kind", "source"]);
     let other = add("other", &["--kind", "source"]);
     add("built", &["--kind", "output", "--reference", &src]);
