@@ -1157,53 +1157,40 @@ mod tests {
 
     #[test]
     fn mirrors_from_apt_text() {
+        const MAIN: &str = "http://mirror.invalid/debian";
+        const SECURITY: &str = "http://security.mirror.invalid/debian-security";
+        let check = |m: &Mirrors, table: &[(&str, &str)]| {
+            for (suite, base) in table {
+                assert_eq!(m.base_for(suite).unwrap(), *base, "suite {suite}");
+            }
+        };
+        // Other suites than the listed ones: the same archive as the machine's own
+        // release; -security ones the security archive.
         let m = Mirrors::from_apt_text(&[], &[&fixture("debian.sources")], None);
-        assert_eq!(
-            m.base_for("bookworm").unwrap(),
-            "http://mirror.invalid/debian"
-        );
-        assert_eq!(
-            m.base_for("bookworm-updates").unwrap(),
-            "http://mirror.invalid/debian"
-        );
-        assert_eq!(
-            m.base_for("bookworm-security").unwrap(),
-            "http://security.mirror.invalid/debian-security"
-        );
-        // Other suites: the same archive as the machine's own release; -security ones the
-        // security archive.
-        assert_eq!(
-            m.base_for("bullseye").unwrap(),
-            "http://mirror.invalid/debian"
-        );
-        assert_eq!(
-            m.base_for("trixie").unwrap(),
-            "http://mirror.invalid/debian"
-        );
-        assert_eq!(
-            m.base_for("bullseye-security").unwrap(),
-            "http://security.mirror.invalid/debian-security"
+        check(
+            &m,
+            &[
+                ("bookworm", MAIN),
+                ("bookworm-updates", MAIN),
+                ("bookworm-security", SECURITY),
+                ("bullseye", MAIN),
+                ("trixie", MAIN),
+                ("bullseye-security", SECURITY),
+            ],
         );
         // A disabled stanza and a third-party dashless suite (`nodistro`) are not the
         // main archive.
         assert!(!m.sources.iter().any(|s| s.uri.contains("disabled")));
 
         let m = Mirrors::from_apt_text(&[&fixture("sources.list")], &[], Some("bookworm"));
-        assert_eq!(
-            m.base_for("bookworm").unwrap(),
-            "http://mirror.invalid/debian"
-        );
-        assert_eq!(
-            m.base_for("trixie").unwrap(),
-            "http://mirror.invalid/debian"
-        );
-        assert_eq!(
-            m.base_for("bookworm-security").unwrap(),
-            "http://security.mirror.invalid/debian-security"
-        );
-        assert_eq!(
-            m.base_for("stable").unwrap(),
-            "http://other.mirror.invalid/extra"
+        check(
+            &m,
+            &[
+                ("bookworm", MAIN),
+                ("trixie", MAIN),
+                ("bookworm-security", SECURITY),
+                ("stable", "http://other.mirror.invalid/extra"),
+            ],
         );
 
         let m = Mirrors::from_apt_text(&[], &[], None);
