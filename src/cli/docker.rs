@@ -182,21 +182,40 @@ fn work_mount(workdir: Option<&Path>) -> Result<(Mount, String)> {
     Ok((Mount::read_write(dir, "/work"), inner))
 }
 
-pub fn run(args: RunArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+/// The caller's environment in a platform's toolchain, shared by `run` and `shell`: the
+/// image loaded, the work directory at /work, the caller's uid:gid, a tmpfs HOME.
+fn caller_container(
+    g: &GlobalArgs,
+    store_dir: &Path,
+    platform: &str,
+    workdir: Option<&Path>,
+    cmd: Vec<String>,
+) -> Result<(Engine, ContainerSpec, Vec<String>)> {
     let c = open(g, store_dir)?;
     let engine = Engine::connect()?;
-    let img = image_for(g, &c, &args.platform)?;
+    let img = image_for(g, &c, platform)?;
     image::ensure_loaded(&engine, &img)?;
-    let tc = image::toolchain(&c.project, &args.platform)?;
-    let (mount, inner) = work_mount(args.workdir.as_deref())?;
-    let mut spec = ContainerSpec::new(img.id.clone(), args.command.clone());
-    spec.env = environment(&tc.image_env(), &args)?;
-    spec.env.push(("HOME".into(), "/tmp".into()));
+    let image_env = image::toolchain(&c.project, platform)?.image_env();
+    let (mount, inner) = work_mount(workdir)?;
+    let mut spec = ContainerSpec::new(img.id.clone(), cmd);
     spec.mounts.push(mount);
     spec.workdir = Some(inner);
     spec.user = Some(caller());
-    spec.network = args.network;
     spec.tmpfs.push("/tmp:rw,exec".into());
+    Ok((engine, spec, image_env))
+}
+
+pub fn run(args: RunArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+    let (engine, mut spec, image_env) = caller_container(
+        g,
+        store_dir,
+        &args.platform,
+        args.workdir.as_deref(),
+        args.command.clone(),
+    )?;
+    spec.env = environment(&image_env, &args)?;
+    spec.env.push(("HOME".into(), "/tmp".into()));
+    spec.network = args.network;
     spec.kind = "run".into();
     let mut stdout = std::io::stdout();
     let out = engine.run(&spec, &mut |bytes| {
@@ -207,21 +226,12 @@ pub fn run(args: RunArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
 }
 
 pub fn shell(args: PlatformArg, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
-    let c = open(g, store_dir)?;
-    let engine = Engine::connect()?;
-    let img = image_for(g, &c, &args.platform)?;
-    image::ensure_loaded(&engine, &img)?;
-    let tc = image::toolchain(&c.project, &args.platform)?;
-    let (mount, inner) = work_mount(None)?;
-    let mut spec = ContainerSpec::new(img.id.clone(), ["/bin/bash", "-l"]);
-    spec.env = pairs(&tc.image_env());
+    let cmd = vec!["/bin/bash".to_owned(), "-l".to_owned()];
+    let (engine, mut spec, image_env) = caller_container(g, store_dir, &args.platform, None, cmd)?;
+    spec.env = pairs(&image_env);
     spec.env.push(("HOME".into(), "/tmp".into()));
     spec.env
         .push(("PS1".into(), format!("[{}] \\w \\$ ", args.platform)));
-    spec.mounts.push(mount);
-    spec.workdir = Some(inner);
-    spec.user = Some(caller());
-    spec.tmpfs.push("/tmp:rw,exec".into());
     spec.tty = true;
     spec.kind = "shell".into();
     let code = engine.run_interactive(&spec)?;
