@@ -1,9 +1,9 @@
 //! Staging: where an entry is written before it is published.
 //!
 //! Each staging directory `.tmp/<id>/` is guarded by `.tmp/<id>.lock`, flocked by the
-//! process writing it for as long as it lives. The lock file appears already locked (it is
-//! locked under a temporary name, then renamed), so any `<id>.lock` a later run can lock
-//! belongs to a dead process, and its directory is debris to delete.
+//! process writing it for as long as it lives. The lock file appears already locked (see
+//! [`lock::create_locked`]), so any `<id>.lock` a later run can lock belongs to a dead
+//! process, and its directory is debris to delete.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -32,10 +32,8 @@ impl Staging {
     /// Creates `.tmp/<id>/` under `tmp`, locked.
     pub fn new(tmp: &Path) -> Result<Self> {
         let id = format!("{}-{}", std::process::id(), hex::encode(rand_bytes()));
-        let part = tmp.join(format!("{id}.lock.part"));
         let lock_path = tmp.join(format!("{id}.lock"));
-        let file = lock::lock(&part, lock::Mode::Exclusive)?;
-        fs::rename(&part, &lock_path).map_err(StoreError::io("rename", &part))?;
+        let file = lock::create_locked(&lock_path)?;
         let dir = tmp.join(&id);
         fs::create_dir(&dir).map_err(StoreError::io("create staging directory", &dir))?;
         Ok(Staging {
