@@ -46,6 +46,15 @@ pub struct BuildSpec {
     pub script: String,
     /// Variables set for the script (on top of the toolchain's).
     pub env: BTreeMap<String, String>,
+    /// The output entry's kind: `output` unless the build makes an interpreter
+    /// (`python`, `perl`) or a wheel. Left out of the key when `output`, so plain builds
+    /// keep their keys.
+    #[serde(skip_serializing_if = "is_output")]
+    pub kind: Kind,
+}
+
+fn is_output(k: &Kind) -> bool {
+    *k == Kind::Output
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +239,7 @@ pub fn build(
     }
     let new = NewEntry {
         name: spec.name.clone(),
-        kind: Kind::Output,
+        kind: spec.kind,
         version: None,
         origin: Some(origin(&key)),
         references: spec.inputs.values().copied().collect(),

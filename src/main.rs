@@ -63,6 +63,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Sources(args) => cli::sources::sources(args, g, &store_dir),
         Command::DockerGenerate(args) => cli::docker::generate(args, g, &store_dir),
         Command::Run(args) => cli::docker::run(args, g, &store_dir),
+        Command::Build(args) => cli::build::run(args, g, &store_dir),
         Command::Shell(args) => cli::docker::shell(args, g, &store_dir),
         Command::Entrypoint(args) => cli::docker::entrypoint(args, g, &store_dir),
         Command::Clean => cli::docker::clean(g),

@@ -72,18 +72,36 @@ fn run_in(platform: &str, dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// (ELF class, e_machine) of a binary.
-fn elf(path: &Path) -> (u8, u16) {
-    let b = std::fs::read(path).unwrap();
-    assert_eq!(&b[..4], b"\x7fELF", "{} is not ELF", path.display());
-    (b[4], u16::from_le_bytes([b[18], b[19]]))
-}
-
 const HELLO: &str = "#include <stdio.h>\nint main(void) { printf(\"hello from %d-bit %s\\n\", (int)(8 * sizeof(void *)), PLATFORM); return 0; }\n";
 
-fn compile_and_run(platform: &str, machine: u16, qemu: Option<&str>) {
+/// What a platform's binaries must be: ELF class (1: 32-bit, 2: 64-bit), `e_machine`, and
+/// the ABI bits of `e_flags` that must be set (mask, value).
+struct Target {
+    platform: &'static str,
+    class: u8,
+    machine: u16,
+    abi: (u32, u32),
+    qemu: Option<&'static str>,
+}
+
+/// (ELF class, e_machine, e_flags) of a little-endian binary.
+fn elf_header(path: &Path) -> (u8, u16, u32) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"\x7fELF", "{} is not ELF", path.display());
+    assert_eq!(b[5], 1, "little-endian");
+    let flags_at = if b[4] == 2 { 48 } else { 36 };
+    let flags = u32::from_le_bytes(b[flags_at..flags_at + 4].try_into().unwrap());
+    (b[4], u16::from_le_bytes([b[18], b[19]]), flags)
+}
+
+/// Compiles a C program statically with `run`, checks its ELF header, runs it on the host
+/// (under QEMU for foreign targets), and runs a dynamically linked build inside the image
+/// (binfmt's QEMU with the toolchain's loader).
+fn compile_and_run(t: &Target) {
+    let platform = t.platform;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.c"), HELLO).unwrap();
+    let define = format!("-DPLATFORM='\"{platform}\"'");
     let out = run_in(
         platform,
         dir.path(),
@@ -91,13 +109,28 @@ fn compile_and_run(platform: &str, machine: u16, qemu: Option<&str>) {
             "--",
             "sh",
             "-c",
-            &format!("$CC -O2 -static -DPLATFORM='\"{platform}\"' -o hello hello.c"),
+            &format!(
+                "$CC -O2 -static {define} -o hello hello.c && $CC -O2 {define} -o hello-dyn hello.c && ./hello-dyn"
+            ),
         ],
     );
     common::assert_success(&out, &format!("compile for {platform}"));
+    let bits = if t.class == 2 { 64 } else { 32 };
+    let expected = format!("hello from {bits}-bit {platform}\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        expected,
+        "dynamic, in the image"
+    );
     let bin = dir.path().join("hello");
-    assert_eq!(elf(&bin), (2, machine), "64-bit ELF for the right machine");
-    let mut cmd = match qemu {
+    let (class, machine, flags) = elf_header(&bin);
+    assert_eq!(
+        (class, machine),
+        (t.class, t.machine),
+        "{platform}: ELF class and machine"
+    );
+    assert_eq!(flags & t.abi.0, t.abi.1, "{platform}: ABI flags {flags:#x}");
+    let mut cmd = match t.qemu {
         Some(q) => {
             let mut c = Command::new(format!("{q}-static"));
             c.arg(&bin);
@@ -107,18 +140,38 @@ fn compile_and_run(platform: &str, machine: u16, qemu: Option<&str>) {
     };
     let out = cmd.output().unwrap();
     common::assert_success(&out, &format!("run the {platform} binary"));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("hello from 64-bit {platform}\n")
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }
+
+/// EF_ARM_EABI_VER5 and EF_ARM_ABI_FLOAT_HARD.
+const ARM_EABI5_HARD: (u32, u32) = (0xff00_0400, 0x0500_0400);
 
 #[test]
 fn arm64_c_programs_cross_compile_and_run_under_qemu() {
     if !ready() {
         return;
     }
-    compile_and_run("linux-arm64", 183, Some("qemu-aarch64"));
+    compile_and_run(&Target {
+        platform: "linux-arm64",
+        class: 2,
+        machine: 183,
+        abi: (0, 0),
+        qemu: Some("qemu-aarch64"),
+    });
+}
+
+#[test]
+fn armv7_c_programs_cross_compile_and_run_under_qemu() {
+    if !ready() {
+        return;
+    }
+    compile_and_run(&Target {
+        platform: "linux-armv7",
+        class: 1,
+        machine: 40,
+        abi: ARM_EABI5_HARD,
+        qemu: Some("qemu-arm"),
+    });
 }
 
 #[test]
@@ -126,7 +179,13 @@ fn x64_c_programs_compile_and_run() {
     if !ready() {
         return;
     }
-    compile_and_run("linux-x64", 62, None);
+    compile_and_run(&Target {
+        platform: "linux-x64",
+        class: 2,
+        machine: 62,
+        abi: (0, 0),
+        qemu: None,
+    });
 }
 
 #[test]
@@ -320,6 +379,7 @@ mod builds {
             inputs: inputs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             script: script.into(),
             env: BTreeMap::new(),
+            kind: dockerbuild::store::Kind::Output,
         }
     }
 
@@ -510,18 +570,17 @@ fn git_cross_compiles_for_arm64_and_rebuilds_identically() {
         let fetcher = dockerbuild::source::Fetcher::new(dockerbuild::fetch::Http::new(
             dockerbuild::fetch::HttpOptions::from_env(),
         ));
-        let git = lock.get("git").unwrap();
-        let src = dockerbuild::project::fetch_one(&c.store, &fetcher, git, &|_| {
-            Box::new(dockerbuild::progress::Silent)
-        })
-        .unwrap();
-        let spec = builds::spec(
-            "git-2.39.5-linux-arm64",
-            "linux-arm64",
-            &[("git", git.blake3)],
-            &script,
-        );
-        assert!(src.path.exists());
+        let mut inputs = Vec::new();
+        for name in ["git", "zlib"] {
+            let src = lock.get(name).unwrap();
+            let got = dockerbuild::project::fetch_one(&c.store, &fetcher, src, &|_| {
+                Box::new(dockerbuild::progress::Silent)
+            })
+            .unwrap();
+            assert!(got.path.exists());
+            inputs.push((name, src.blake3));
+        }
+        let spec = builds::spec("git-2.39.5-linux-arm64", "linux-arm64", &inputs, &script);
         let b = dockerbuild::build::build(
             &c.store,
             &c.engine,
@@ -547,7 +606,7 @@ fn git_cross_compiles_for_arm64_and_rebuilds_identically() {
     };
     let (b, image_id) = run_build(&shared_store());
     let bin = b.entry.path.join("bin/git");
-    assert_eq!(elf(&bin), (2, 183), "a 64-bit aarch64 ELF");
+    assert_eq!(elf_header(&bin).1, 183, "an aarch64 ELF");
     let out = Command::new("qemu-aarch64-static")
         .arg(&bin)
         .arg("--version")
@@ -563,6 +622,88 @@ fn git_cross_compiles_for_arm64_and_rebuilds_identically() {
     assert_eq!(
         b2.entry.meta.digest, b.entry.meta.digest,
         "the same output digest from an empty store"
+    );
+}
+
+/// git 2.39.5 for linux-armv7 through the `build` command: inputs named by their locked
+/// sources, zlib built from its pinned source (the -cross toolchain has no armhf zlib), a
+/// second run is a lookup, and a failing build keeps its scratch directory when asked.
+#[test]
+fn git_cross_compiles_for_armv7_through_the_cli() {
+    if !ready() {
+        return;
+    }
+    image("linux-armv7");
+    let build = |extra: &[&str]| {
+        dockerbuild(&shared_store(), &repo())
+            .args(["--json", "build", "-p", "linux-armv7", "--script"])
+            .arg(repo().join("tests/fixtures/builds/git.sh"))
+            .args([
+                "-i",
+                "git",
+                "-i",
+                "zlib",
+                "--name",
+                "git-2.39.5-linux-armv7",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = build(&[]);
+    common::assert_success(&out, &"dockerbuild build git for linux-armv7");
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bin = Path::new(first["path"].as_str().unwrap()).join("bin/git");
+    let (class, machine, flags) = elf_header(&bin);
+    assert_eq!((class, machine), (1, 40), "a 32-bit Arm ELF");
+    assert_eq!(
+        flags & ARM_EABI5_HARD.0,
+        ARM_EABI5_HARD.1,
+        "EABI5 hard-float"
+    );
+    let out = Command::new("qemu-arm-static")
+        .arg(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"git --version under QEMU");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "git version 2.39.5\n");
+
+    let out = build(&[]);
+    common::assert_success(&out, &"the same build again");
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["cached"], true, "the second build is a lookup");
+    assert_eq!(again["digest"], first["digest"]);
+
+    // A build missing an input fails with its tail, keeps its scratch, and adds nothing.
+    let entries_before = std::fs::read_dir(shared_store().join("v1"))
+        .unwrap()
+        .count();
+    let out = dockerbuild(&shared_store(), &repo())
+        .args(["build", "-p", "linux-armv7", "--keep-failed", "--script"])
+        .arg(repo().join("tests/fixtures/builds/git.sh"))
+        .args(["-i", "git", "--name", "git-without-zlib"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("build `git-without-zlib` failed"), "{err}");
+    assert!(
+        err.contains("/inputs/zlib"),
+        "the tail names the missing file: {err}"
+    );
+    let kept = err
+        .lines()
+        .find_map(|l| l.strip_prefix("hint: its scratch directory was kept at "))
+        .unwrap_or_else(|| panic!("no kept directory in {err}"));
+    assert!(Path::new(kept.trim()).join("build").is_dir(), "{kept}");
+    std::fs::remove_dir_all(kept.trim()).unwrap();
+    let entries_after = std::fs::read_dir(shared_store().join("v1"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        entries_before, entries_after,
+        "a failed build adds no entry"
     );
 }
 

@@ -57,13 +57,13 @@ pub struct RunArgs {
 }
 
 /// What every command here opens.
-struct Session {
-    project: Project,
-    store: LocalStore,
-    fetcher: Fetcher,
+pub(super) struct Session {
+    pub project: Project,
+    pub store: LocalStore,
+    pub fetcher: Fetcher,
 }
 
-fn open(g: &GlobalArgs, store_dir: &Path) -> Result<Session> {
+pub(super) fn open(g: &GlobalArgs, store_dir: &Path) -> Result<Session> {
     Ok(Session {
         project: Project::discover(g.project.as_deref())?,
         store: LocalStore::open(store_dir)?,
@@ -71,7 +71,7 @@ fn open(g: &GlobalArgs, store_dir: &Path) -> Result<Session> {
     })
 }
 
-fn image_for(g: &GlobalArgs, c: &Session, platform: &str) -> Result<Image> {
+pub(super) fn image_for(g: &GlobalArgs, c: &Session, platform: &str) -> Result<Image> {
     let lock = ensure_locked(g, &c.project, &c.store, &c.fetcher, &[])?;
     let bars = Bars::new(g.quiet);
     let bar = |n: &str| bars.bar(n);

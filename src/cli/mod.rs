@@ -1,6 +1,7 @@
 //! The command line: clap types only. Each subcommand's `run` lives in its own file and
 //! calls the library; nothing below `src/cli` is used by the library.
 
+pub mod build;
 pub mod docker;
 pub mod output;
 pub mod sources;
@@ -79,6 +80,13 @@ pub enum Command {
     /// The command runs as you (uid:gid), without network unless --network, and its exit
     /// code is returned. The toolchain image is generated first if needed.
     Run(docker::RunArgs),
+    /// Build hermetically: a script in a platform's toolchain whose /out becomes an entry
+    ///
+    /// The script sees only its inputs (read-only under /inputs), a scratch directory
+    /// (/build) and /out, without network, as an unprivileged user. The build is keyed
+    /// by the image, inputs, script and environment: the same key again is a lookup.
+    /// Prints the output entry's path.
+    Build(build::BuildArgs),
     /// Open an interactive shell in a platform's toolchain
     Shell(docker::PlatformArg),
     /// Print a standalone script that runs commands in a platform's pinned image

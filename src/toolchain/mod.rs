@@ -74,8 +74,9 @@ pub struct Toolchain {
 pub struct DebianRootfs {
     /// The release (`bookworm`); its `-updates` and `-security` suites are used too.
     pub suite: String,
-    /// dpkg architectures: the image's own (the host's) first, then the target's when it
-    /// differs (`["amd64", "arm64"]`). The last one is the target's.
+    /// dpkg architectures: the image's own (the host's) first, then the target's when its
+    /// libraries come as multiarch packages (`["amd64", "arm64"]`). A cross toolchain built
+    /// from Debian's `-cross` packages lists only the host's (`["amd64"]`).
     pub architectures: Vec<String>,
     /// Packages to install besides Debian's essential and required ones, as apt names them
     /// (`zlib1g-dev:arm64` for a foreign architecture).
@@ -253,6 +254,12 @@ impl Toolchain {
         if d.architectures.is_empty() {
             return Err("debian.architectures is empty; list the host's first".to_owned());
         }
+        if host_triple(&d.architectures[0]).is_none() {
+            return Err(format!(
+                "debian.architectures: the image's own architecture `{}` comes first, and must be amd64, arm64 or i386",
+                d.architectures[0]
+            ));
+        }
         let mut seen = BTreeSet::new();
         for a in &d.architectures {
             if !word(a, b"-") || a == "all" {
@@ -302,14 +309,23 @@ impl Toolchain {
         &self.debian.architectures[0]
     }
 
-    /// The target's dpkg architecture (the last listed).
+    /// The target's dpkg architecture when its libraries come as multiarch packages (the
+    /// last listed); the image's own otherwise.
     pub fn target_arch(&self) -> &str {
         self.debian.architectures.last().expect("validated")
     }
 
-    /// Whether the target differs from the image's own architecture.
+    /// Whether the target differs from the image's own machine: its triple is not the
+    /// image architecture's.
     pub fn is_cross(&self) -> bool {
-        self.host_arch() != self.target_arch()
+        host_triple(self.host_arch()) != Some(self.cross_triple.as_str())
+    }
+
+    /// Whether the target's libraries are Debian multiarch packages (`libc6-dev:arm64`,
+    /// in `/usr/lib/<triple>`), rather than Debian's `-cross` packages (`libc6-dev-armhf-cross`,
+    /// architecture `all`, in `/usr/<triple>`) which need no foreign-architecture index.
+    pub fn is_multiarch(&self) -> bool {
+        self.debian.architectures.len() > 1
     }
 
     /// The environment of the image, `PATH` first then `env` sorted by name, as
@@ -348,14 +364,33 @@ impl Toolchain {
         if let Some(pc) = self.env.get("PKG_CONFIG") {
             s += &format!("set(PKG_CONFIG_EXECUTABLE {pc} CACHE FILEPATH \"pkg-config\")\n");
         }
-        if self.is_cross() {
+        if self.is_cross() && self.is_multiarch() {
             // Debian's cross compilers and the foreign-architecture `-dev` packages share
             // the multiarch layout: libraries in /usr/lib/<triple>, headers in /usr/include.
             s += &format!("set(CMAKE_LIBRARY_ARCHITECTURE {})\n", self.cross_triple);
             s += "set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n";
+        } else if self.is_cross() {
+            // `-cross` packages install the target's libraries and headers under
+            // /usr/<triple>, which is then the only place to look for them.
+            s += &format!("set(CMAKE_FIND_ROOT_PATH /usr/{})\n", self.cross_triple);
+            s += "set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)\n";
+            s += "set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)\n";
+            s += "set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)\n";
+            s += "set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)\n";
         }
         s
     }
+}
+
+/// The GNU triple of a dpkg architecture's native compiler, for the architectures an image
+/// can have.
+pub fn host_triple(arch: &str) -> Option<&'static str> {
+    Some(match arch {
+        "amd64" => "x86_64-linux-gnu",
+        "arm64" => "aarch64-linux-gnu",
+        "i386" => "i686-linux-gnu",
+        _ => return None,
+    })
 }
 
 /// Every `*.toml` in `dir`, sorted by name; names must be unique.

@@ -1,0 +1,181 @@
+//! `build`: run a script hermetically in a platform's toolchain and store what it leaves
+//! in /out.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use dockerbuild::build::{self, BuildOptions, BuildSpec};
+use dockerbuild::digest::Digest;
+use dockerbuild::docker::Engine;
+use dockerbuild::lock::Lockfile;
+use dockerbuild::project;
+use dockerbuild::store::{Kind, Store};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use super::GlobalArgs;
+use super::docker::{Session, image_for, open};
+use super::output::{self, Bars};
+use super::sources::ensure_locked;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The platform (a toolchains/*.toml name), e.g. linux-armv7
+    #[arg(long, short = 'p')]
+    pub platform: String,
+    /// The bash script to run (with `bash -euo pipefail`, in /build)
+    #[arg(long, value_name = "FILE")]
+    pub script: PathBuf,
+    /// An input, mounted read-only at /inputs/NAME: REF is a locked source's name (fetched
+    /// when missing), or a store entry (digest, digest prefix, path or name); REF defaults
+    /// to NAME (repeatable)
+    #[arg(long = "input", short = 'i', value_name = "NAME[=REF]")]
+    pub inputs: Vec<String>,
+    /// A variable for the script (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub env: Vec<String>,
+    /// The output entry's name [default: the script's file stem and the platform]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The output entry's kind: output, python, perl or wheel
+    #[arg(long, default_value = "output")]
+    pub kind: String,
+    /// When the build fails, keep its scratch directory and say where
+    #[arg(long)]
+    pub keep_failed: bool,
+}
+
+/// What `--json` prints.
+#[derive(Serialize)]
+struct Report<'a> {
+    name: &'a str,
+    platform: &'a str,
+    key: Digest,
+    digest: Digest,
+    path: &'a Path,
+    cached: bool,
+}
+
+pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+    let script = std::fs::read_to_string(&args.script)
+        .with_context(|| format!("cannot read the build script `{}`", args.script.display()))?;
+    let kind: Kind = args.kind.parse().map_err(anyhow::Error::msg)?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => format!(
+            "{}-{}",
+            args.script
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "build".to_owned()),
+            args.platform
+        ),
+    };
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env `{kv}` is not K=V");
+        };
+        env.insert(k.to_owned(), v.to_owned());
+    }
+    let c = open(g, store_dir)?;
+    let lock = ensure_locked(g, &c.project, &c.store, &c.fetcher, &[])?;
+    let mut inputs = BTreeMap::new();
+    for spec in &args.inputs {
+        let (input, reference) = spec.split_once('=').unwrap_or((spec, spec));
+        let digest = input_digest(g, &c, &lock, reference)
+            .with_context(|| format!("cannot provide input `{input}` (`{reference}`)"))?;
+        if inputs.insert(input.to_owned(), digest).is_some() {
+            bail!("--input `{input}` is given twice");
+        }
+    }
+    let spec = BuildSpec {
+        name,
+        platform: args.platform.clone(),
+        inputs,
+        script,
+        env,
+        kind,
+    };
+    let img = image_for(g, &c, &args.platform)?;
+    let engine = Engine::connect()?;
+
+    // The log streams to stderr with -v; otherwise a spinner shows its last line.
+    let spinner = if g.quiet || g.verbose > 0 {
+        ProgressBar::hidden()
+    } else {
+        let s = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        s.set_style(ProgressStyle::with_template("{spinner} {prefix} {wide_msg}").expect("valid"));
+        s.set_prefix(spec.name.clone());
+        s.enable_steady_tick(Duration::from_millis(200));
+        s
+    };
+    let verbose = g.verbose > 0;
+    let mut line = Vec::new();
+    let mut sink = |bytes: &[u8]| {
+        if verbose {
+            let _ = std::io::stderr().write_all(bytes);
+            return;
+        }
+        for &b in bytes {
+            if b == b'\n' {
+                spinner.set_message(String::from_utf8_lossy(&line).into_owned());
+                line.clear();
+            } else {
+                line.push(b);
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let built = build::build(
+        &c.store,
+        &engine,
+        &c.project,
+        &img,
+        &spec,
+        &BuildOptions {
+            keep_failed: args.keep_failed,
+        },
+        &mut sink,
+    );
+    spinner.finish_and_clear();
+    let built = built?;
+    output::status(format!(
+        "{}: {} ({:.1}s)",
+        spec.name,
+        if built.cached {
+            "already built"
+        } else {
+            "built"
+        },
+        started.elapsed().as_secs_f64()
+    ));
+    if g.json {
+        output::json(&Report {
+            name: &spec.name,
+            platform: &spec.platform,
+            key: built.key,
+            digest: built.entry.meta.digest,
+            path: &built.entry.path,
+            cached: built.cached,
+        })?;
+    } else {
+        println!("{}", built.entry.path.display());
+    }
+    Ok(0)
+}
+
+/// A locked source (fetched if missing) or an entry already in the store.
+fn input_digest(g: &GlobalArgs, c: &Session, lock: &Lockfile, reference: &str) -> Result<Digest> {
+    if let Some(src) = lock.get(reference) {
+        let bars = Bars::new(g.quiet);
+        let bar = |n: &str| bars.bar(n);
+        project::fetch_one(&c.store, &c.fetcher, src, &bar)?;
+        return Ok(src.blake3);
+    }
+    Ok(c.store.resolve(reference)?.meta.digest)
+}
