@@ -51,6 +51,9 @@ pub struct BuildSpec {
     /// keep their keys.
     #[serde(skip_serializing_if = "is_output")]
     pub kind: Kind,
+    /// The version recorded in the output's metadata (`3.11.2`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 fn is_output(k: &Kind) -> bool {
@@ -240,7 +243,7 @@ pub fn build(
     let new = NewEntry {
         name: spec.name.clone(),
         kind: spec.kind,
-        version: None,
+        version: spec.version.clone(),
         origin: Some(origin(&key)),
         references: spec.inputs.values().copied().collect(),
         build: Some(BuildRecord {

@@ -16,6 +16,8 @@
 //! - [`docker`]: the Docker engine through bollard: labelled, confined containers that
 //!   are removed on errors and signals.
 //! - [`image`]: toolchain images generated from the lockfile, kept in the store, loaded.
+//! - [`build`]: hermetic builds in those images, keyed by everything that went in.
+//! - [`recipe`]: named, checked-in builds (`recipes/*.toml`): interpreters, git, ...
 //! - [`config`]: `config.toml` and where the store lives by default.
 //! - [`progress`]: how long operations report progress without printing.
 //!
@@ -39,6 +41,7 @@ pub mod image;
 pub mod lock;
 pub mod progress;
 pub mod project;
+pub mod recipe;
 pub mod source;
 pub mod store;
 #[cfg(test)]

@@ -90,6 +90,9 @@ pub const LOCKFILE: &str = "lockfiles/dockerbuild.lock";
 /// Platform definitions, relative to the project root.
 pub const TOOLCHAINS: &str = "toolchains";
 
+/// The recipes directory, relative to the project root.
+pub const RECIPES: &str = "recipes";
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogFile {

@@ -102,6 +102,13 @@ fn compile_and_run(t: &Target) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hello.c"), HELLO).unwrap();
     let define = format!("-DPLATFORM='\"{platform}\"'");
+    // i686 programs run natively, without QEMU and so without QEMU_LD_PREFIX: the -cross
+    // glibc's loader runs them.
+    let run_dyn = if platform == "linux-x86" {
+        "/usr/i686-linux-gnu/lib/ld-linux.so.2 --library-path /usr/i686-linux-gnu/lib ./hello-dyn"
+    } else {
+        "./hello-dyn"
+    };
     let out = run_in(
         platform,
         dir.path(),
@@ -110,7 +117,7 @@ fn compile_and_run(t: &Target) {
             "sh",
             "-c",
             &format!(
-                "$CC -O2 -static {define} -o hello hello.c && $CC -O2 {define} -o hello-dyn hello.c && ./hello-dyn"
+                "$CC -O2 -static {define} -o hello hello.c && $CC -O2 {define} -o hello-dyn hello.c && {run_dyn}"
             ),
         ],
     );
@@ -146,46 +153,38 @@ fn compile_and_run(t: &Target) {
 /// EF_ARM_EABI_VER5 and EF_ARM_ABI_FLOAT_HARD.
 const ARM_EABI5_HARD: (u32, u32) = (0xff00_0400, 0x0500_0400);
 
-#[test]
-fn arm64_c_programs_cross_compile_and_run_under_qemu() {
-    if !ready() {
-        return;
-    }
-    compile_and_run(&Target {
-        platform: "linux-arm64",
-        class: 2,
-        machine: 183,
-        abi: (0, 0),
-        qemu: Some("qemu-aarch64"),
-    });
+/// One test per platform: `name => (class, e_machine, (e_flags mask, value), qemu)`.
+macro_rules! c_program_tests {
+    ($($test:ident: $platform:literal => ($class:expr, $machine:expr, $abi:expr, $qemu:expr);)*) => {$(
+        #[test]
+        fn $test() {
+            if !ready() {
+                return;
+            }
+            compile_and_run(&Target {
+                platform: $platform,
+                class: $class,
+                machine: $machine,
+                abi: $abi,
+                qemu: $qemu,
+            });
+        }
+    )*};
 }
 
-#[test]
-fn armv7_c_programs_cross_compile_and_run_under_qemu() {
-    if !ready() {
-        return;
-    }
-    compile_and_run(&Target {
-        platform: "linux-armv7",
-        class: 1,
-        machine: 40,
-        abi: ARM_EABI5_HARD,
-        qemu: Some("qemu-arm"),
-    });
-}
-
-#[test]
-fn x64_c_programs_compile_and_run() {
-    if !ready() {
-        return;
-    }
-    compile_and_run(&Target {
-        platform: "linux-x64",
-        class: 2,
-        machine: 62,
-        abi: (0, 0),
-        qemu: None,
-    });
+c_program_tests! {
+    c_program_linux_x64: "linux-x64" => (2, 62, (0, 0), None);
+    c_program_linux_arm64: "linux-arm64" => (2, 183, (0, 0), Some("qemu-aarch64"));
+    c_program_linux_armv7: "linux-armv7" => (1, 40, ARM_EABI5_HARD, Some("qemu-arm"));
+    c_program_linux_x86: "linux-x86" => (1, 3, (0, 0), Some("qemu-i386"));
+    // EF_MIPS_ARCH_32R2 and EF_MIPS_ABI_O32.
+    c_program_linux_mipsel: "linux-mipsel" => (1, 8, (0xf000_f000, 0x7000_1000), Some("qemu-mipsel"));
+    // EF_MIPS_ARCH_64R2, no EF_MIPS_ABI (n64) and not EF_MIPS_ABI2 (n32).
+    c_program_linux_mips64el: "linux-mips64el" => (2, 8, (0xf000_f020, 0x8000_0000), Some("qemu-mips64el"));
+    // ELFv2.
+    c_program_linux_ppc64le: "linux-ppc64le" => (2, 21, (0x3, 0x2), Some("qemu-ppc64le"));
+    // EF_RISCV_RVC and EF_RISCV_FLOAT_ABI_DOUBLE (lp64d).
+    c_program_linux_riscv64: "linux-riscv64" => (2, 243, (0x7, 0x5), Some("qemu-riscv64"));
 }
 
 #[test]
@@ -380,6 +379,7 @@ mod builds {
             script: script.into(),
             env: BTreeMap::new(),
             kind: dockerbuild::store::Kind::Output,
+            version: None,
         }
     }
 
@@ -562,7 +562,7 @@ fn git_cross_compiles_for_arm64_and_rebuilds_identically() {
         return;
     }
     image("linux-arm64");
-    let script = std::fs::read_to_string(repo().join("tests/fixtures/builds/git.sh")).unwrap();
+    let script = std::fs::read_to_string(repo().join("recipes/git.sh")).unwrap();
     let run_build = |store_dir: &Path| {
         let c = builds::ctx(store_dir, "linux-arm64");
         // The source comes from the lockfile like any other.
@@ -625,32 +625,23 @@ fn git_cross_compiles_for_arm64_and_rebuilds_identically() {
     );
 }
 
-/// git 2.39.5 for linux-armv7 through the `build` command: inputs named by their locked
-/// sources, zlib built from its pinned source (the -cross toolchain has no armhf zlib), a
-/// second run is a lookup, and a failing build keeps its scratch directory when asked.
+/// git 2.39.5 for linux-armv7 through `dockerbuild build git` (recipes/git.toml): zlib is
+/// built from its pinned source (the -cross toolchain has no armhf zlib), a second run is a
+/// lookup, and an ad-hoc `--script` build that fails keeps its scratch directory when asked.
 #[test]
 fn git_cross_compiles_for_armv7_through_the_cli() {
     if !ready() {
         return;
     }
     image("linux-armv7");
-    let build = |extra: &[&str]| {
+    // The recipe (recipes/git.toml) names the locked `git` and `zlib` sources.
+    let build = || {
         dockerbuild(&shared_store(), &repo())
-            .args(["--json", "build", "-p", "linux-armv7", "--script"])
-            .arg(repo().join("tests/fixtures/builds/git.sh"))
-            .args([
-                "-i",
-                "git",
-                "-i",
-                "zlib",
-                "--name",
-                "git-2.39.5-linux-armv7",
-            ])
-            .args(extra)
+            .args(["--json", "build", "git", "-p", "linux-armv7"])
             .output()
             .unwrap()
     };
-    let out = build(&[]);
+    let out = build();
     common::assert_success(&out, &"dockerbuild build git for linux-armv7");
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let bin = Path::new(first["path"].as_str().unwrap()).join("bin/git");
@@ -669,7 +660,7 @@ fn git_cross_compiles_for_armv7_through_the_cli() {
     common::assert_success(&out, &"git --version under QEMU");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "git version 2.39.5\n");
 
-    let out = build(&[]);
+    let out = build();
     common::assert_success(&out, &"the same build again");
     let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["cached"], true, "the second build is a lookup");
@@ -681,7 +672,7 @@ fn git_cross_compiles_for_armv7_through_the_cli() {
         .count();
     let out = dockerbuild(&shared_store(), &repo())
         .args(["build", "-p", "linux-armv7", "--keep-failed", "--script"])
-        .arg(repo().join("tests/fixtures/builds/git.sh"))
+        .arg(repo().join("recipes/git.sh"))
         .args(["-i", "git", "--name", "git-without-zlib"])
         .output()
         .unwrap();

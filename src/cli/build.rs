@@ -8,41 +8,53 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use dockerbuild::build::{self, BuildOptions, BuildSpec};
+use dockerbuild::build::{BuildOptions, BuildSpec};
 use dockerbuild::digest::Digest;
 use dockerbuild::docker::Engine;
 use dockerbuild::lock::Lockfile;
 use dockerbuild::project;
+use dockerbuild::project::RECIPES;
+use dockerbuild::recipe::{self, Builder};
 use dockerbuild::store::{Kind, Store};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::GlobalArgs;
-use super::docker::{Session, image_for, open};
+use super::docker::{Session, open};
 use super::output::{self, Bars};
 use super::sources::ensure_locked;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The platform (a toolchains/*.toml name), e.g. linux-armv7
-    #[arg(long, short = 'p')]
-    pub platform: String,
-    /// The bash script to run (with `bash -euo pipefail`, in /build)
+    /// A recipe (recipes/NAME.toml) to build, with what it depends on; or give --script
+    #[arg(required_unless_present = "script", conflicts_with = "script")]
+    pub recipe: Option<String>,
+    /// The platform (a toolchains/*.toml name), e.g. linux-armv7; a recipe with a fixed
+    /// platform needs none
+    #[arg(long, short = 'p', required_unless_present = "recipe")]
+    pub platform: Option<String>,
+    /// An ad-hoc build: the bash script to run (with `bash -euo pipefail`, in /build)
     #[arg(long, value_name = "FILE")]
-    pub script: PathBuf,
-    /// An input, mounted read-only at /inputs/NAME: REF is a locked source's name (fetched
-    /// when missing), or a store entry (digest, digest prefix, path or name); REF defaults
-    /// to NAME (repeatable)
-    #[arg(long = "input", short = 'i', value_name = "NAME[=REF]")]
+    pub script: Option<PathBuf>,
+    /// With --script, an input mounted read-only at /inputs/NAME: REF is a locked
+    /// source's name (fetched when missing), or a store entry (digest, digest prefix, path
+    /// or name); REF defaults to NAME (repeatable)
+    #[arg(
+        long = "input",
+        short = 'i',
+        value_name = "NAME[=REF]",
+        requires = "script"
+    )]
     pub inputs: Vec<String>,
-    /// A variable for the script (repeatable)
-    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    /// With --script, a variable for the script (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "K=V", requires = "script")]
     pub env: Vec<String>,
-    /// The output entry's name [default: the script's file stem and the platform]
-    #[arg(long)]
+    /// With --script, the output entry's name [default: the script's file stem and the
+    /// platform]
+    #[arg(long, requires = "script")]
     pub name: Option<String>,
-    /// The output entry's kind: output, python, perl or wheel
-    #[arg(long, default_value = "output")]
+    /// With --script, the output entry's kind: output, python, perl or wheel
+    #[arg(long, default_value = "output", requires = "script")]
     pub kind: String,
     /// When the build fails, keep its scratch directory and say where
     #[arg(long)]
@@ -61,48 +73,12 @@ struct Report<'a> {
 }
 
 pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
-    let script = std::fs::read_to_string(&args.script)
-        .with_context(|| format!("cannot read the build script `{}`", args.script.display()))?;
-    let kind: Kind = args.kind.parse().map_err(anyhow::Error::msg)?;
-    let name = match &args.name {
-        Some(n) => n.clone(),
-        None => format!(
-            "{}-{}",
-            args.script
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "build".to_owned()),
-            args.platform
-        ),
-    };
-    let mut env = BTreeMap::new();
-    for kv in &args.env {
-        let Some((k, v)) = kv.split_once('=') else {
-            bail!("--env `{kv}` is not K=V");
-        };
-        env.insert(k.to_owned(), v.to_owned());
-    }
     let c = open(g, store_dir)?;
     let lock = ensure_locked(g, &c.project, &c.store, &c.fetcher, &[])?;
-    let mut inputs = BTreeMap::new();
-    for spec in &args.inputs {
-        let (input, reference) = spec.split_once('=').unwrap_or((spec, spec));
-        let digest = input_digest(g, &c, &lock, reference)
-            .with_context(|| format!("cannot provide input `{input}` (`{reference}`)"))?;
-        if inputs.insert(input.to_owned(), digest).is_some() {
-            bail!("--input `{input}` is given twice");
-        }
-    }
-    let spec = BuildSpec {
-        name,
-        platform: args.platform.clone(),
-        inputs,
-        script,
-        env,
-        kind,
-    };
-    let img = image_for(g, &c, &args.platform)?;
     let engine = Engine::connect()?;
+    let recipes = recipe::load_all(&c.project.root.join(RECIPES))?;
+    let bars = Bars::new(g.quiet);
+    let bar = |n: &str| bars.bar(n);
 
     // The log streams to stderr with -v; otherwise a spinner shows its last line.
     let spinner = if g.quiet || g.verbose > 0 {
@@ -110,13 +86,11 @@ pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
     } else {
         let s = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         s.set_style(ProgressStyle::with_template("{spinner} {prefix} {wide_msg}").expect("valid"));
-        s.set_prefix(spec.name.clone());
-        s.enable_steady_tick(Duration::from_millis(200));
         s
     };
     let verbose = g.verbose > 0;
     let mut line = Vec::new();
-    let mut sink = |bytes: &[u8]| {
+    let mut on_output = |bytes: &[u8]| {
         if verbose {
             let _ = std::io::stderr().write_all(bytes);
             return;
@@ -130,20 +104,39 @@ pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
             }
         }
     };
-    let started = std::time::Instant::now();
-    let built = build::build(
-        &c.store,
-        &engine,
-        &c.project,
-        &img,
-        &spec,
-        &BuildOptions {
+    let mut on_start = |name: &str| {
+        spinner.set_prefix(name.to_owned());
+        spinner.set_message("");
+        spinner.enable_steady_tick(Duration::from_millis(200));
+        tracing::info!(name, "building");
+    };
+    let mut builder = Builder {
+        store: &c.store,
+        fetcher: &c.fetcher,
+        engine: &engine,
+        project: &c.project,
+        lock: &lock,
+        recipes: &recipes,
+        options: BuildOptions {
             keep_failed: args.keep_failed,
         },
-        &mut sink,
-    );
+        progress: &bar,
+        on_start: &mut on_start,
+        on_output: &mut on_output,
+    };
+    let started = std::time::Instant::now();
+    let result = match (&args.recipe, &args.script) {
+        (Some(r), _) => builder
+            .spec(r, args.platform.as_deref())
+            .and_then(|spec| builder.run(&spec).map(|b| (spec, b))),
+        (None, Some(script)) => {
+            let spec = script_spec(&args, script, g, &c, &lock)?;
+            builder.run(&spec).map(|b| (spec, b))
+        }
+        (None, None) => unreachable!("clap requires a recipe or --script"),
+    };
     spinner.finish_and_clear();
-    let built = built?;
+    let (spec, built) = result?;
     output::status(format!(
         "{}: {} ({:.1}s)",
         spec.name,
@@ -167,6 +160,55 @@ pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
         println!("{}", built.entry.path.display());
     }
     Ok(0)
+}
+
+/// The build `--script` describes.
+fn script_spec(
+    args: &BuildArgs,
+    script_path: &Path,
+    g: &GlobalArgs,
+    c: &Session,
+    lock: &Lockfile,
+) -> Result<BuildSpec> {
+    let platform = args.platform.clone().expect("clap requires --platform");
+    let script = std::fs::read_to_string(script_path)
+        .with_context(|| format!("cannot read the build script `{}`", script_path.display()))?;
+    let kind: Kind = args.kind.parse().map_err(anyhow::Error::msg)?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => format!(
+            "{}-{platform}",
+            script_path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "build".to_owned()),
+        ),
+    };
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env `{kv}` is not K=V");
+        };
+        env.insert(k.to_owned(), v.to_owned());
+    }
+    let mut inputs = BTreeMap::new();
+    for spec in &args.inputs {
+        let (input, reference) = spec.split_once('=').unwrap_or((spec, spec));
+        let digest = input_digest(g, c, lock, reference)
+            .with_context(|| format!("cannot provide input `{input}` (`{reference}`)"))?;
+        if inputs.insert(input.to_owned(), digest).is_some() {
+            bail!("--input `{input}` is given twice");
+        }
+    }
+    Ok(BuildSpec {
+        name,
+        platform,
+        inputs,
+        script,
+        env,
+        kind,
+        version: None,
+    })
 }
 
 /// A locked source (fetched if missing) or an entry already in the store.
