@@ -235,7 +235,8 @@ pub fn load_all(dir: &Path) -> Result<Vec<(Recipe, String)>> {
 pub struct Builder<'a> {
     pub store: &'a LocalStore,
     pub fetcher: &'a Fetcher,
-    pub engine: &'a Engine,
+    /// Connected on the first build that runs, so a lookup needs no Docker daemon.
+    pub engine: std::cell::OnceCell<Engine>,
     pub project: &'a Project,
     pub lock: &'a Lockfile,
     pub recipes: &'a [(Recipe, String)],
@@ -347,10 +348,16 @@ impl Builder<'_> {
                 cached: true,
             });
         }
+        if self.engine.get().is_none() {
+            let _ = self
+                .engine
+                .set(Engine::connect().map_err(BuildError::from)?);
+        }
+        let engine = self.engine.get().expect("just set");
         (self.on_start)(&spec.name);
         Ok(build::build(
             self.store,
-            self.engine,
+            engine,
             self.project,
             &img,
             spec,

@@ -124,22 +124,7 @@ fn every_definition_parses_with_the_real_types() {
 #[test]
 fn every_example_in_the_readme_parses_with_the_real_types() {
     let text = std::fs::read_to_string(repo().join("toolchains/README.md")).unwrap();
-    let mut blocks = Vec::new();
-    let mut cur: Option<String> = None;
-    for line in text.lines() {
-        match (&mut cur, line.trim_start()) {
-            (None, "```toml") => cur = Some(String::new()),
-            (Some(b), "```") => {
-                blocks.push(std::mem::take(b));
-                cur = None;
-            }
-            (Some(b), _) => {
-                b.push_str(line);
-                b.push('\n');
-            }
-            _ => {}
-        }
-    }
+    let blocks = common::toml_blocks(&repo().join("toolchains/README.md"));
     assert!(!blocks.is_empty(), "the README has a ```toml example");
     for b in &blocks {
         let tc = Toolchain::parse(b, Path::new("toolchains/README.md"))

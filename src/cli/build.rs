@@ -10,7 +10,6 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use dockerbuild::build::{BuildOptions, BuildSpec};
 use dockerbuild::digest::Digest;
-use dockerbuild::docker::Engine;
 use dockerbuild::lock::Lockfile;
 use dockerbuild::project;
 use dockerbuild::project::RECIPES;
@@ -75,7 +74,6 @@ struct Report<'a> {
 pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
     let c = open(g, store_dir)?;
     let lock = ensure_locked(g, &c.project, &c.store, &c.fetcher, &[])?;
-    let engine = Engine::connect()?;
     let recipes = recipe::load_all(&c.project.root.join(RECIPES))?;
     let bars = Bars::new(g.quiet);
     let bar = |n: &str| bars.bar(n);
@@ -113,7 +111,7 @@ pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
     let mut builder = Builder {
         store: &c.store,
         fetcher: &c.fetcher,
-        engine: &engine,
+        engine: Default::default(),
         project: &c.project,
         lock: &lock,
         recipes: &recipes,

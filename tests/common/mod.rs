@@ -131,3 +131,26 @@ pub fn make_tree(root: &Path, files: usize, big: usize) -> u64 {
     }
     total
 }
+
+/// The ```toml blocks of a Markdown file, in order.
+#[allow(dead_code)]
+pub fn toml_blocks(markdown: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(markdown).unwrap();
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        match (&mut cur, line.trim_start()) {
+            (None, "```toml") => cur = Some(String::new()),
+            (Some(b), "```") => {
+                blocks.push(std::mem::take(b));
+                cur = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
