@@ -3,7 +3,8 @@
 //! loaded into the local Docker daemon on demand.
 //!
 //! An image's key is the BLAKE3 of everything that goes into it: the toolchain definition,
-//! the store addresses of its `.deb` files, the time stamp, and the generator's version.
+//! the store addresses of its `.deb` files and of the sources it unpacks, the time stamp,
+//! and the generator's version.
 //! The same lockfile therefore gives the same key, entry and image ID on any machine.
 
 use std::path::PathBuf;
@@ -36,6 +37,20 @@ pub enum ImageError {
         "the lockfile's deb `{name}` is malformed\nhint: regenerate it with `dockerbuild lock`"
     )]
     BadDeb { name: String },
+    #[error(
+        "toolchain `{name}` unpacks source `{source_name}`, which the lockfile does not pin\nhint: add it to sources.toml and run `dockerbuild lock`"
+    )]
+    UnpackNotLocked { name: String, source_name: String },
+    #[error(
+        "toolchain `{name}` unpacks `{subdir}` from source `{source_name}`, which has no such directory"
+    )]
+    UnpackSubdir {
+        name: String,
+        source_name: String,
+        subdir: String,
+    },
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     #[error("the generated image of `{name}` has ID {actual}, but the daemon loaded {loaded}")]
     IdMismatch {
         name: String,
@@ -118,7 +133,22 @@ pub fn generate(
             .ok_or_else(|| ImageError::BadDeb { name: name.clone() })?;
         debs.push(d);
     }
-    let digests: Vec<Digest> = debs.iter().map(|d| d.blake3).collect();
+    let mut unpacks = Vec::new();
+    for u in &tc.unpack {
+        let pin = lock
+            .get(&u.source)
+            .ok_or_else(|| ImageError::UnpackNotLocked {
+                name: platform.to_owned(),
+                source_name: u.source.clone(),
+            })?;
+        unpacks.push((u, pin));
+    }
+    // The unpacked sources count like the .debs: by their pinned store addresses.
+    let digests: Vec<Digest> = debs
+        .iter()
+        .map(|d| d.blake3)
+        .chain(unpacks.iter().map(|(_, p)| p.blake3))
+        .collect();
     let key = key(tc, &digests);
     if let Some(e) = store.resolve_key(&key)? {
         return Ok(Image {
@@ -138,12 +168,42 @@ pub fn generate(
         let entry = crate::project::fetch_one(store, fetcher, d, progress)?;
         files.push((pin, entry.path));
     }
+    let mut overlays = Vec::new();
+    for (u, pin) in &unpacks {
+        let archive = crate::project::fetch_one(store, fetcher, pin, progress)?;
+        let tree = crate::archive::unpack(
+            store,
+            &archive.path,
+            &NewEntry {
+                name: format!("{}.unpacked", pin.file),
+                kind: Kind::Other,
+                version: Some(pin.version.clone()),
+                origin: Some(format!("unpack:{}", pin.blake3)),
+                references: vec![pin.blake3],
+                build: None,
+            },
+            &Default::default(),
+            progress(&pin.name).as_ref(),
+        )?;
+        let dir = match &u.subdir {
+            Some(sub) => tree.path.join(sub),
+            None => tree.path,
+        };
+        if !dir.is_dir() {
+            return Err(ImageError::UnpackSubdir {
+                name: platform.to_owned(),
+                source_name: u.source.clone(),
+                subdir: u.subdir.clone().unwrap_or_default(),
+            });
+        }
+        overlays.push((dir, u.to.clone()));
+    }
     let tmp = tempfile::Builder::new()
         .prefix("dockerbuild-image-")
         .tempdir()
         .map_err(ImageError::Temp)?;
     let rootfs = tmp.path().join("rootfs.tar");
-    toolchain::build_rootfs(tc, &files, &rootfs, SOURCE_DATE_EPOCH)?;
+    toolchain::build_rootfs(tc, &files, &overlays, &rootfs, SOURCE_DATE_EPOCH)?;
     let archive = tmp.path().join("image.tar");
     let info = toolchain::write_image_archive(&rootfs, tc, &archive, SOURCE_DATE_EPOCH)?;
     drop(std::fs::remove_file(&rootfs));

@@ -62,10 +62,31 @@ pub struct Toolchain {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu: Option<String>,
     pub debian: DebianRootfs,
+    /// Pinned sources unpacked into the root filesystem (a compiler that is not a Debian
+    /// package, such as zig from PyPI's `ziglang` wheel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpack: Vec<Unpack>,
+    /// Small files written into the root filesystem, executable (compiler wrappers), by
+    /// absolute path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
     /// The environment of builds in the image (dockcross-compatible names). `PATH` is
     /// [`DEFAULT_PATH`] unless set here.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+/// A pinned source archive unpacked into the root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unpack {
+    /// The source's name in `sources.toml` (pinned by the lockfile).
+    pub source: String,
+    /// Only this directory of the archive (`ziglang`); the whole archive when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdir: Option<String>,
+    /// Where its contents go (`/opt/zig`).
+    pub to: String,
 }
 
 /// The Debian side of a toolchain: what its root filesystem is built from.
@@ -288,6 +309,41 @@ impl Toolchain {
                 return Err(format!(
                     "debian.packages: `{p}` names architecture `{a}`, which debian.architectures lacks"
                 ));
+            }
+        }
+        let plain_abs = |p: &str| {
+            p.starts_with('/')
+                && p.len() > 1
+                && p[1..]
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != "..")
+        };
+        for u in &self.unpack {
+            if u.source.is_empty() {
+                return Err("unpack: `source` is empty".to_owned());
+            }
+            if !plain_abs(&u.to) {
+                return Err(format!(
+                    "unpack: `to = \"{}\"` must be an absolute path without `.` or `..`",
+                    u.to
+                ));
+            }
+            if let Some(sub) = &u.subdir
+                && !plain_abs(&format!("/{sub}"))
+            {
+                return Err(format!(
+                    "unpack: `subdir = \"{sub}\"` must be a relative path inside the archive"
+                ));
+            }
+        }
+        for (path, text) in &self.files {
+            if !plain_abs(path) {
+                return Err(format!(
+                    "files: `{path}` must be an absolute path without `.` or `..`"
+                ));
+            }
+            if text.contains('\0') {
+                return Err(format!("files: `{path}` has a NUL byte"));
             }
         }
         for (k, v) in &self.env {

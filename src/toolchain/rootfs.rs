@@ -39,11 +39,13 @@ const MERGED_USR_HOOK: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
 
 /// Builds the root filesystem of `tc` from `debs` (each pin with its file, e.g. in the
 /// store) into `out_tar` (an uncompressed tar, replaced atomically), with every time stamp
-/// at most `epoch`. Needs root, `mmdebstrap`, and no network. The same `debs` and `epoch`
-/// give the same bytes.
+/// at most `epoch`. `overlays` are directories copied in (the unpacked `tc.unpack`
+/// sources, each with its destination), and `tc.files` are written. Needs root,
+/// `mmdebstrap`, and no network. The same inputs and `epoch` give the same bytes.
 pub fn build_rootfs(
     tc: &Toolchain,
     debs: &[(DebPin, PathBuf)],
+    overlays: &[(PathBuf, String)],
     out_tar: &Path,
     epoch: u64,
 ) -> Result<()> {
@@ -68,6 +70,14 @@ pub fn build_rootfs(
     )?;
     let cmake = tmp.path().join("toolchain.cmake");
     std::fs::write(&cmake, tc.cmake_toolchain()).map_err(ToolchainError::io("write", &cmake))?;
+    let mut copies: Vec<(PathBuf, String)> = overlays.to_vec();
+    let mut files = Vec::new();
+    for (i, (dest, text)) in tc.files.iter().enumerate() {
+        let p = tmp.path().join(format!("file-{i}"));
+        std::fs::write(&p, text).map_err(ToolchainError::io("write", &p))?;
+        files.push((p, dest.clone()));
+    }
+    copies.sort();
 
     let out_dir = match out_tar.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -87,7 +97,7 @@ pub fn build_rootfs(
     let mut include: Vec<String> = debs.iter().map(|(p, _)| p.apt_name()).collect();
     include.sort();
     include.dedup();
-    let hook = customize_hook(&cmake);
+    let hook = customize_hook(&cmake, &copies, &files);
     let mirror = format!(
         "deb [trusted=yes] copy://{} {} main",
         repo.display(),
@@ -149,16 +159,37 @@ pub fn build_rootfs(
 }
 
 /// The customize hook (a shell script; `$1` is the chroot): the CMake toolchain file,
-/// and no trace of the build machine.
-fn customize_hook(cmake: &Path) -> String {
-    format!(
+/// the overlays (directories copied to their destinations, owned by root), the files
+/// (mode 0755), and no trace of the build machine.
+fn customize_hook(
+    cmake: &Path,
+    copies: &[(PathBuf, String)],
+    files: &[(PathBuf, String)],
+) -> String {
+    let mut s = format!(
         "set -eu; umask 022; \
-         install -D -m 0644 {} \"$1{CMAKE_TOOLCHAIN_PATH}\"; \
-         rm -f \"$1/etc/apt/sources.list\" \"$1/etc/resolv.conf\" \"$1/etc/hostname\"; \
-         find \"$1/etc/apt/sources.list.d\" -mindepth 1 -delete; \
-         rm -f \"$1/var/cache/ldconfig/aux-cache\"",
+         install -D -m 0644 {} \"$1{CMAKE_TOOLCHAIN_PATH}\"; ",
         shell_quote(&cmake.to_string_lossy())
-    )
+    );
+    for (dir, to) in copies {
+        let to = shell_quote(to);
+        s += &format!(
+            "mkdir -p \"$1\"{to}; cp -R --preserve=mode {}/. \"$1\"{to}/; \
+             chown -R 0:0 \"$1\"{to}; chmod -R u+w \"$1\"{to}; ",
+            shell_quote(&dir.to_string_lossy())
+        );
+    }
+    for (file, to) in files {
+        s += &format!(
+            "install -D -m 0755 {} \"$1\"{}; ",
+            shell_quote(&file.to_string_lossy()),
+            shell_quote(to)
+        );
+    }
+    s += "rm -f \"$1/etc/apt/sources.list\" \"$1/etc/resolv.conf\" \"$1/etc/hostname\"; \
+          find \"$1/etc/apt/sources.list.d\" -mindepth 1 -delete; \
+          rm -f \"$1/var/cache/ldconfig/aux-cache\"";
+    s
 }
 
 fn shell_quote(s: &str) -> String {
