@@ -17,6 +17,8 @@
 //!   are removed on errors and signals.
 //! - [`image`]: toolchain images generated from the lockfile, kept in the store, loaded.
 //! - [`build`]: hermetic builds in those images, keyed by everything that went in.
+//! - [`cache`]: binary caches (`file://`, `oci://`) that substitute entries instead of
+//!   building them; [`signing`]: ed25519 keys and signed claims.
 //! - [`recipe`]: named, checked-in builds (`recipes/*.toml`): interpreters, git, ...
 //! - [`config`]: `config.toml` and where the store lives by default.
 //! - [`progress`]: how long operations report progress without printing.
@@ -33,6 +35,7 @@
 
 pub mod archive;
 pub mod build;
+pub mod cache;
 pub mod config;
 pub mod digest;
 pub mod docker;
@@ -42,6 +45,7 @@ pub mod lock;
 pub mod progress;
 pub mod project;
 pub mod recipe;
+pub mod signing;
 pub mod source;
 pub mod store;
 #[cfg(test)]

@@ -213,6 +213,34 @@ impl LocalStore {
     }
 
     /// Starts a directory tree in the staging area.
+    /// Imports an export stream that must be entry `expected` (from a cache): anything
+    /// else, even a valid entry, is refused before it is published.
+    pub fn import_expecting(
+        &self,
+        input: &mut dyn Read,
+        expected: &Digest,
+        progress: &dyn Progress,
+    ) -> Result<Entry> {
+        let staging = self.staging()?;
+        let (meta, node) = export::read(input, &staging.item(), progress)?;
+        if meta.digest != *expected {
+            return Err(StoreError::DigestMismatch {
+                subject: format!("import of `{}`", meta.name),
+                expected: *expected,
+                actual: meta.digest,
+            });
+        }
+        let new = NewEntry {
+            name: meta.name.clone(),
+            kind: meta.kind,
+            version: meta.version.clone(),
+            origin: meta.origin.clone(),
+            references: meta.references.clone(),
+            build: meta.build.clone(),
+        };
+        self.publish(staging, node, &new)
+    }
+
     pub fn stage_tree(&self) -> Result<StagedTree> {
         let staging = self.staging()?;
         let writer = TreeWriter::new(staging.item())?;

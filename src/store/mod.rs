@@ -22,7 +22,7 @@
 //! An entry becomes visible with one `rename(2)` of a fully written, synced tree, so a
 //! crash at any moment leaves either no entry or a whole one.
 
-mod export;
+pub mod export;
 mod gc;
 mod local;
 mod lock;

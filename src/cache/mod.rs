@@ -1,0 +1,229 @@
+//! The binary cache: where entries built or fetched on one machine are found by others,
+//! so they are substituted instead of rebuilt.
+//!
+//! A cache maps a **key** (a build key, an image-generation key, or for a source its own
+//! digest) to a signed [`Claim`] "key K produced entry D", and holds each entry once, as
+//! its `store export` stream. Backends implement the small [`Cache`] trait and are chosen
+//! by URL ([`open`]); all pass one conformance suite (`tests/cache.rs`).
+//!
+//! What every backend guarantees: a claim is published only after its entry's stream is
+//! complete, so a reader never sees a claim it cannot fetch; and what is fetched is never
+//! trusted: [`substitute`] re-hashes the stream as it imports it and refuses a mismatch
+//! (naming the cache and the entry) without changing the store.
+
+mod file;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+pub use file::FileCache;
+
+use crate::digest::Digest;
+use crate::progress::Progress;
+pub use crate::signing::Claim;
+use crate::signing::{PublicKey, SecretKey, trusted};
+use crate::store::{Entry, LocalStore, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("`{url}` is not a cache URL\nhint: use file:///DIR or oci://HOST[:PORT]/REPO")]
+    BadUrl { url: String },
+    #[error("cache {cache}: cannot {action}")]
+    Io {
+        cache: String,
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache {cache}: {what} is malformed: {reason}")]
+    Malformed {
+        cache: String,
+        what: String,
+        reason: String,
+    },
+    #[error("cache {cache}: {what}: {reason}")]
+    Remote {
+        cache: String,
+        what: String,
+        reason: String,
+    },
+    #[error("cache {cache}: entry {digest} ({name}) is not what it claims: {source}")]
+    Corrupt {
+        cache: String,
+        digest: Digest,
+        name: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(
+        "cache {cache}: the claim for key {key} is not signed by a trusted key\nhint: trust its signer in config.toml (`trusted_keys`), or re-push it signed"
+    )]
+    Untrusted { cache: String, key: Digest },
+    #[error("cache {cache} is read-only")]
+    ReadOnly { cache: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;
+
+/// A binary cache backend.
+pub trait Cache: Send + Sync {
+    /// The URL it was opened from (for messages).
+    fn url(&self) -> &str;
+    /// The claim for `key`, if the cache has one.
+    fn lookup(&self, key: &Digest) -> Result<Option<Claim>>;
+    /// Whether the cache holds the export stream of entry `digest`.
+    fn has_entry(&self, digest: &Digest) -> Result<bool>;
+    /// Streams entry `digest`'s export stream into `out`.
+    fn fetch(&self, digest: &Digest, out: &mut dyn std::io::Write) -> Result<u64>;
+    /// Stores an export stream (the file `stream`, `size` bytes) for entry `digest`, then
+    /// publishes `claim`. Pushing what is already there is not an error.
+    fn push(&self, claim: &Claim, stream: &Path) -> Result<()>;
+    /// Every claim in the cache.
+    fn list(&self) -> Result<Vec<Claim>>;
+}
+
+/// Opens a cache by URL: `file:///DIR` (or a plain absolute path).
+pub fn open(url: &str) -> Result<Box<dyn Cache>> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Ok(Box::new(FileCache::open(Path::new(path), url)?));
+    }
+    if url.starts_with('/') {
+        return Ok(Box::new(FileCache::open(Path::new(url), url)?));
+    }
+    Err(CacheError::BadUrl {
+        url: url.to_owned(),
+    })
+}
+
+/// The claim an entry makes under `key`, signed when a key is given.
+pub fn claim_for(key: &Digest, entry: &Entry, signer: Option<&SecretKey>) -> Claim {
+    let mut refs = entry.meta.references.clone();
+    refs.sort();
+    let mut claim = Claim {
+        key: *key,
+        digest: entry.meta.digest,
+        name: entry.meta.name.clone(),
+        kind: entry.meta.kind,
+        size: entry.meta.size,
+        references: refs,
+        signatures: Vec::new(),
+    };
+    if let Some(s) = signer {
+        s.sign(&mut claim);
+    }
+    claim
+}
+
+/// Pushes `entry` under `key` (exporting it to a temporary file first, so the stream is
+/// complete before the cache sees it).
+pub fn upload(
+    cache: &dyn Cache,
+    key: &Digest,
+    entry: &Entry,
+    signer: Option<&SecretKey>,
+) -> Result<Claim> {
+    let claim = claim_for(key, entry, signer);
+    let io = |action: &str| {
+        let cache = cache.url().to_owned();
+        let action = action.to_owned();
+        move |source| CacheError::Io {
+            cache,
+            action,
+            source,
+        }
+    };
+    let mut tmp = tempfile::NamedTempFile::new().map_err(io("create a temporary file"))?;
+    crate::store::export::write(entry, tmp.as_file_mut())?;
+    cache.push(&claim, tmp.path())?;
+    Ok(claim)
+}
+
+/// Where a substitution came from.
+#[derive(Debug, Clone)]
+pub struct Substituted {
+    pub entry: Entry,
+    pub cache: String,
+}
+
+/// Looks `key` up in `caches` in order; on the first trusted hit, fetches the entry,
+/// re-hashes it into the store and records the key. Untrusted claims are skipped with
+/// an error only if no cache has a trusted one.
+pub fn substitute(
+    caches: &[Box<dyn Cache>],
+    store: &LocalStore,
+    key: &Digest,
+    trusted_keys: &[PublicKey],
+    progress: &dyn Progress,
+) -> Result<Option<Substituted>> {
+    let mut refused = None;
+    for cache in caches {
+        let Some(claim) = cache.lookup(key)? else {
+            continue;
+        };
+        if claim.key != *key {
+            refused = Some(CacheError::Untrusted {
+                cache: cache.url().to_owned(),
+                key: *key,
+            });
+            continue;
+        }
+        if !trusted(&claim, trusted_keys) {
+            refused = Some(CacheError::Untrusted {
+                cache: cache.url().to_owned(),
+                key: *key,
+            });
+            continue;
+        }
+        let entry = match store.get(&claim.digest)? {
+            Some(e) => e,
+            None => fetch_into(cache.as_ref(), store, &claim, progress)?,
+        };
+        store.bind_key(key, &entry.meta.digest)?;
+        return Ok(Some(Substituted {
+            entry,
+            cache: cache.url().to_owned(),
+        }));
+    }
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// Downloads a claimed entry to a temporary file, then imports it (re-hashing every
+/// byte); the imported entry must be the one claimed.
+pub fn fetch_into(
+    cache: &dyn Cache,
+    store: &LocalStore,
+    claim: &Claim,
+    progress: &dyn Progress,
+) -> Result<Entry> {
+    let corrupt = |source: StoreError| CacheError::Corrupt {
+        cache: cache.url().to_owned(),
+        digest: claim.digest,
+        name: claim.name.clone(),
+        source,
+    };
+    let io = |action: &'static str| {
+        let cache = cache.url().to_owned();
+        move |source| CacheError::Io {
+            cache,
+            action: action.to_owned(),
+            source,
+        }
+    };
+    let mut tmp = tempfile::tempfile().map_err(io("create a temporary file"))?;
+    cache.fetch(&claim.digest, &mut tmp)?;
+    tmp.seek(SeekFrom::Start(0))
+        .map_err(io("rewind a temporary file"))?;
+    store
+        .import_expecting(&mut tmp as &mut dyn Read, &claim.digest, progress)
+        .map_err(corrupt)
+}
+
+/// The default cache directory (`<platform cache dir>/dockerbuild/cache`).
+pub fn default_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "dockerbuild").map(|d| d.cache_dir().join("cache"))
+}

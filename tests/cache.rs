@@ -1,0 +1,169 @@
+//! The binary cache conformance suite: every backend must pass it. The log names each
+//! backend that ran.
+
+mod common;
+
+use dockerbuild::cache::{self, Cache, CacheError};
+use dockerbuild::digest::Digest;
+use dockerbuild::progress::Silent;
+use dockerbuild::signing::SecretKey;
+use dockerbuild::store::{Entry, Kind, LocalStore, NewEntry, Store};
+
+fn store(dir: &std::path::Path) -> LocalStore {
+    LocalStore::open(dir).unwrap()
+}
+
+fn entry(s: &LocalStore, name: &str, files: usize) -> Entry {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..files {
+        common::write(
+            &src.path().join(format!("d{}/f{i}", i % 3)),
+            format!("{name} file {i}").repeat(100 + i).as_bytes(),
+        );
+    }
+    s.add_path(src.path(), &NewEntry::new(name, Kind::Output), &Silent)
+        .unwrap()
+}
+
+/// The suite, run against one backend made by `open` (each call gives the same cache).
+fn conformance(open: &dyn Fn() -> Box<dyn Cache>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (store(&dir.path().join("a")), store(&dir.path().join("b")));
+    let c = open();
+    eprintln!("cache backend: {}", c.url());
+    let key = Digest::of(b"build key 1");
+    let e = entry(&a, "out", 20);
+    assert!(c.lookup(&key).unwrap().is_none());
+    assert!(!c.has_entry(&e.meta.digest).unwrap());
+
+    // Push from one store, substitute into an empty one: the same entry.
+    let signer = SecretKey::generate("test-1").unwrap();
+    let claim = cache::upload(c.as_ref(), &key, &e, Some(&signer)).unwrap();
+    assert!(c.has_entry(&e.meta.digest).unwrap());
+    assert_eq!(c.lookup(&key).unwrap().as_ref(), Some(&claim));
+    assert_eq!(c.list().unwrap(), vec![claim.clone()]);
+    let trusted = [signer.public()];
+    let caches = vec![open()];
+    let got = cache::substitute(&caches, &b, &key, &trusted, &Silent)
+        .unwrap()
+        .expect("a hit");
+    assert_eq!(got.entry.meta.digest, e.meta.digest);
+    assert_eq!(
+        b.resolve_key(&key).unwrap().unwrap().meta.digest,
+        e.meta.digest
+    );
+    // Pushing again is fine; so is a second key for the same entry.
+    cache::upload(c.as_ref(), &key, &e, Some(&signer)).unwrap();
+    let key2 = Digest::of(b"build key 2");
+    cache::upload(c.as_ref(), &key2, &e, Some(&signer)).unwrap();
+    assert_eq!(c.list().unwrap().len(), 2);
+
+    // A miss is a miss.
+    let empty = store(&dir.path().join("empty"));
+    assert!(
+        cache::substitute(&caches, &empty, &Digest::of(b"nothing"), &trusted, &Silent)
+            .unwrap()
+            .is_none()
+    );
+
+    // Signed by an untrusted key: refused, nothing imported.
+    let other = SecretKey::generate("stranger").unwrap();
+    let key3 = Digest::of(b"build key 3");
+    let e3 = entry(&a, "other", 5);
+    cache::upload(c.as_ref(), &key3, &e3, Some(&other)).unwrap();
+    let err = cache::substitute(&caches, &empty, &key3, &trusted, &Silent).unwrap_err();
+    assert!(matches!(err, CacheError::Untrusted { .. }), "{err}");
+    assert!(err.to_string().contains(c.url()), "{err}");
+    // Unsigned: refused when keys are trusted, accepted (integrity only) when none are.
+    let key4 = Digest::of(b"build key 4");
+    cache::upload(c.as_ref(), &key4, &e3, None).unwrap();
+    assert!(cache::substitute(&caches, &empty, &key4, &trusted, &Silent).is_err());
+    assert!(
+        empty.list().unwrap().is_empty(),
+        "nothing entered the store"
+    );
+    let ok = cache::substitute(&caches, &empty, &key4, &[], &Silent).unwrap();
+    assert_eq!(ok.unwrap().entry.meta.digest, e3.meta.digest);
+}
+
+/// Faults only a backend whose storage the test can reach can show: a tampered or
+/// truncated stream, a claim moved to another key.
+fn file_faults(root: &std::path::Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"));
+    let c = cache::open(root.to_str().unwrap()).unwrap();
+    let signer = SecretKey::generate("test-1").unwrap();
+    let trusted = [signer.public()];
+    let caches = vec![cache::open(root.to_str().unwrap()).unwrap()];
+    let key = Digest::of(b"fault key");
+    let e = entry(&a, "victim", 30);
+    cache::upload(c.as_ref(), &key, &e, Some(&signer)).unwrap();
+    let blob = root
+        .join("dockerbuild-cache-v1/entries")
+        .join(format!("{}.tar.zst", e.meta.digest.to_hex()));
+    let good = std::fs::read(&blob).unwrap();
+
+    // A validly signed claim served under another key is refused.
+    let moved = Digest::of(b"another build");
+    let claims = root.join("dockerbuild-cache-v1/claims");
+    std::fs::copy(
+        claims.join(format!("{}.json", key.to_hex())),
+        claims.join(format!("{}.json", moved.to_hex())),
+    )
+    .unwrap();
+    let fresh = store(&dir.path().join("fresh"));
+    let err = cache::substitute(&caches, &fresh, &moved, &trusted, &Silent).unwrap_err();
+    assert!(matches!(err, CacheError::Untrusted { .. }), "{err}");
+
+    // Truncated, then one byte flipped, then another valid entry's stream in its place.
+    let other = entry(&a, "impostor", 3);
+    let mut impostor = Vec::new();
+    dockerbuild::store::export::write(&other, &mut impostor).unwrap();
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x55;
+    for (what, bytes) in [
+        ("truncated", good[..good.len() / 3].to_vec()),
+        ("flipped", flipped),
+        ("another entry", impostor),
+    ] {
+        std::fs::write(&blob, &bytes).unwrap();
+        let fresh = store(&dir.path().join(what.replace(' ', "-")));
+        let err = cache::substitute(&caches, &fresh, &key, &trusted, &Silent).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, CacheError::Corrupt { .. }), "{what}: {msg}");
+        assert!(
+            msg.contains(c.url()) && msg.contains("victim"),
+            "{what}: {msg}"
+        );
+        assert!(
+            fresh.list().unwrap().is_empty(),
+            "{what}: nothing entered the store"
+        );
+    }
+    std::fs::write(&blob, &good).unwrap();
+    let fresh = store(&dir.path().join("restored"));
+    assert!(
+        cache::substitute(&caches, &fresh, &key, &trusted, &Silent)
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn file_cache_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let url = format!("file://{}", root.display());
+    conformance(&|| cache::open(&url).unwrap());
+    file_faults(&dir.path().join("faults"));
+}
+
+#[test]
+fn bad_cache_urls_are_refused() {
+    let e = cache::open("ftp://example.invalid/x")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("file:///DIR") && e.contains("oci://"), "{e}");
+}
