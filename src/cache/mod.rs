@@ -53,7 +53,7 @@ pub enum CacheError {
         digest: Digest,
         name: String,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error(
         "cache {cache}: the claim for key {key} is not signed by a trusted key\nhint: trust its signer in config.toml (`trusted_keys`), or re-push it signed"
@@ -62,7 +62,13 @@ pub enum CacheError {
     #[error("cache {cache} is read-only")]
     ReadOnly { cache: String },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
+}
+
+impl From<StoreError> for CacheError {
+    fn from(e: StoreError) -> Self {
+        CacheError::Store(Box::new(e))
+    }
 }
 
 pub type Result<T, E = CacheError> = std::result::Result<T, E>;
@@ -204,7 +210,7 @@ pub fn fetch_into(
         cache: cache.url().to_owned(),
         digest: claim.digest,
         name: claim.name.clone(),
-        source,
+        source: Box::new(source),
     };
     let io = |action: &'static str| {
         let cache = cache.url().to_owned();
