@@ -253,7 +253,7 @@ mod tests {
         assert!(!pk.verifies(&c), "unsigned");
         sk.sign(&mut c);
         assert!(pk.verifies(&c));
-        assert!(trusted(&c, &[pk.clone()]));
+        assert!(trusted(&c, std::slice::from_ref(&pk)));
         assert!(trusted(&c, &[]), "no trusted keys: integrity only");
 
         // A signature is for one claim: another key, digest or size breaks it.
