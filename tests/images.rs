@@ -740,3 +740,160 @@ fn shell_runs_in_a_pseudo_terminal() {
         "the shell's exit status:\n{text}"
     );
 }
+
+/// Runs an ad-hoc `build --script` in the shared store; returns the output directory.
+fn script_build(platform: &str, name: &str, script: &str, inputs: &[&str]) -> PathBuf {
+    image(platform);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{name}.sh"));
+    std::fs::write(&file, script).unwrap();
+    let mut cmd = dockerbuild(&shared_store(), &repo());
+    cmd.args([
+        "--json", "build", "-p", platform, "--name", name, "--script",
+    ])
+    .arg(&file);
+    for i in inputs {
+        cmd.args(["-i", i]);
+    }
+    let out = cmd.output().unwrap();
+    common::assert_success(&out, &format!("build {name} on {platform}"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    PathBuf::from(v["path"].as_str().unwrap())
+}
+
+const HELLO_MATH: &str = "#include <stdio.h>\n#include <math.h>\nint main(int argc, char **argv) { volatile double x = argc * 1.5; printf(\"hello %.3f\\n\", sqrt(x)); return 0; }\n";
+
+/// linux-armv6 makes ARMv6 code, proved three ways: the ELF attributes of glibc and static
+/// (musl) binaries say `Tag_CPU_arch: v6`; the static binary runs under QEMU's ARM1176 CPU;
+/// and Debian's armhf toolchain, even asked for ARMv6, makes a binary that QEMU's ARM1176
+/// refuses (the ARMv7 startup files and libc leak in). It also shows the pre-warmed zig
+/// cache (recipes/zig-cache) saves rebuilding libc pieces.
+#[test]
+fn armv6_code_is_armv6_three_ways() {
+    if !ready() {
+        return;
+    }
+    image("linux-armv6");
+    let out = dockerbuild(&shared_store(), &repo())
+        .args(["--json", "build", "zig-cache", "-p", "linux-armv6"])
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"build zig-cache for linux-armv6");
+    let script = format!(
+        "cat > hello.c <<'EOF'\n{HELLO_MATH}EOF\n\
+         before=$(find /inputs/zig-cache -type f | wc -l)\n\
+         $CC -O2 -o $DOCKERBUILD_OUT/hello hello.c -lm\n\
+         arm-linux-musleabihf-gcc -O2 -static -o $DOCKERBUILD_OUT/hello-static hello.c\n\
+         after=$(find \"$HOME/.cache/zig\" -type f | wc -l)\n\
+         echo $((after - before)) > $DOCKERBUILD_OUT/new-cache-files\n\
+         for b in hello hello-static; do $READELF -A $DOCKERBUILD_OUT/$b > $DOCKERBUILD_OUT/$b.attrs; done\n"
+    );
+    let dir = script_build(
+        "linux-armv6",
+        "armv6-proof",
+        &script,
+        &["zig-cache=zig-cache-linux-armv6"],
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let new_files: u32 = read("new-cache-files").trim().parse().unwrap();
+    assert!(
+        new_files < 50,
+        "the warmed cache was used ({new_files} new cache files; a cold one makes hundreds)"
+    );
+    for b in ["hello", "hello-static"] {
+        let attrs = read(&format!("{b}.attrs"));
+        assert!(attrs.contains("Tag_CPU_arch: v6"), "{b}:\n{attrs}");
+        assert!(!attrs.contains("Tag_CPU_arch: v7"), "{b}:\n{attrs}");
+        let (class, machine, flags) = elf_header(&dir.join(b));
+        assert_eq!((class, machine), (1, 40), "{b}: 32-bit Arm");
+        assert_eq!(
+            flags & ARM_EABI5_HARD.0,
+            ARM_EABI5_HARD.1,
+            "{b}: EABI5 hard-float"
+        );
+    }
+    assert!(read("hello-static.attrs").contains("Tag_ABI_VFP_args: VFP registers"));
+    let arm1176 = |bin: &Path| {
+        Command::new("qemu-arm-static")
+            .args(["-cpu", "arm1176"])
+            .arg(bin)
+            .output()
+            .unwrap()
+    };
+    let ran = arm1176(&dir.join("hello-static"));
+    common::assert_success(&ran, &"the armv6 binary under qemu-arm -cpu arm1176");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "hello 1.225\n");
+
+    // The negative control: Debian's armhf gcc, asked for ARMv6.
+    let deb = script_build(
+        "linux-armv7",
+        "armv6-negative-control",
+        &format!(
+            "cat > hello.c <<'EOF'\n{HELLO_MATH}EOF\n\
+             $CC -O2 -static -march=armv6 -mfpu=vfp -mfloat-abi=hard -marm -o $DOCKERBUILD_OUT/hello hello.c -lm\n"
+        ),
+        &[],
+    );
+    let bin = deb.join("hello");
+    let ran = Command::new("qemu-arm-static").arg(&bin).output().unwrap();
+    common::assert_success(
+        &ran,
+        &"Debian's binary on QEMU's default CPU (positive control)",
+    );
+    let refused = arm1176(&bin);
+    assert!(
+        !refused.status.success(),
+        "Debian's armhf output must not run on an ARM1176: {refused:?}"
+    );
+}
+
+/// The highest `GLIBC_x.y` symbol version an ELF file needs, from `readelf -V` text.
+fn max_glibc(versions: &str) -> (u32, u32) {
+    versions
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .filter_map(|w| w.strip_prefix("GLIBC_"))
+        .filter_map(|v| {
+            let mut p = v.split('.').map(|n| n.parse::<u32>().ok());
+            Some((p.next()??, p.next().flatten().unwrap_or(0)))
+        })
+        .max()
+        .unwrap_or((0, 0))
+}
+
+/// manylinux-x64 proves its floor: a program and a shared library using threads, time and
+/// memory functions need at most GLIBC_2.17, and run here; Debian's gcc, for the same
+/// source, needs newer symbols (so the check can fail).
+#[test]
+fn manylinux_x64_needs_at_most_glibc_2_17() {
+    if !ready() {
+        return;
+    }
+    let source = "#include <pthread.h>\n#include <stdio.h>\n#include <string.h>\n#include <time.h>\n\
+        static void *run(void *p) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); char b[64]; memcpy(b, p, 6); b[6] = 0; printf(\"%s\\n\", b); return 0; }\n\
+        int main(void) { pthread_t t; pthread_create(&t, 0, run, \"floor!\"); pthread_join(t, 0); return 0; }\n";
+    let script = format!(
+        "cat > floor.c <<'EOF'\n{source}EOF\n\
+         $CC -O2 -o $DOCKERBUILD_OUT/floor floor.c -pthread\n\
+         $CC -O2 -shared -fPIC -o $DOCKERBUILD_OUT/libfloor.so floor.c -pthread\n\
+         for f in floor libfloor.so; do $READELF -V $DOCKERBUILD_OUT/$f > $DOCKERBUILD_OUT/$f.versions; done\n"
+    );
+    let zig = script_build("manylinux-x64", "manylinux-floor", &script, &[]);
+    let deb = script_build("linux-x64", "debian-floor", &script, &[]);
+    for f in ["floor", "libfloor.so"] {
+        let v = std::fs::read_to_string(zig.join(format!("{f}.versions"))).unwrap();
+        let max = max_glibc(&v);
+        assert!(
+            ((2, 2)..=(2, 17)).contains(&max),
+            "{f} needs GLIBC_{max:?}:\n{v}"
+        );
+        let v = std::fs::read_to_string(deb.join(format!("{f}.versions"))).unwrap();
+        assert!(
+            max_glibc(&v) > (2, 17),
+            "Debian's {f} needs {:?}",
+            max_glibc(&v)
+        );
+    }
+    let ran = Command::new(zig.join("floor")).output().unwrap();
+    common::assert_success(&ran, &"the manylinux binary");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "floor!\n");
+}

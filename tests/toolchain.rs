@@ -56,13 +56,28 @@ fn every_definition_parses_with_the_real_types() {
         );
         assert_eq!(tc.host_arch(), "amd64", "{}", tc.name);
         assert_eq!(tc.qemu.is_some(), tc.is_cross(), "{}", tc.name);
+        // zig toolchains wrap `zig cc` in /usr/local/bin; the others are Debian's.
+        let zig = tc.unpack.iter().any(|u| u.source == "ziglang");
         for var in ["CC", "CXX", "AR", "LD", "RANLIB", "STRIP"] {
             let v = &tc.env[var];
+            let wrapped = zig && ["CC", "CXX", "AR", "RANLIB"].contains(&var);
+            let dir = if wrapped {
+                "/usr/local/bin"
+            } else {
+                "/usr/bin"
+            };
             assert!(
-                v.starts_with(&format!("/usr/bin/{}-", tc.cross_triple)),
+                v.starts_with(&format!("{dir}/{}-", tc.cross_triple)),
                 "{}: {var}={v}",
                 tc.name
             );
+            if wrapped {
+                assert!(
+                    tc.files.contains_key(v),
+                    "{}: {v} is a generated wrapper",
+                    tc.name
+                );
+            }
         }
         // The essentials of a build image.
         let has = |p: &str| tc.debian.packages.iter().any(|x| x == p);
@@ -82,7 +97,18 @@ fn every_definition_parses_with_the_real_types() {
             assert!(has(p), "{} lacks {p}", tc.name);
         }
         let target = tc.target_arch();
-        if tc.is_cross() && tc.is_multiarch() {
+        if zig {
+            assert!(
+                tc.env["ZIG_TARGET"].starts_with(&tc.cross_triple),
+                "{}",
+                tc.name
+            );
+            assert!(
+                tc.files[&tc.env["CC"]].contains("$ZIG\" cc -target"),
+                "{}",
+                tc.name
+            );
+        } else if tc.is_cross() && tc.is_multiarch() {
             assert!(has(&format!("gcc-{}", tc.cross_triple)), "{}", tc.name);
             assert!(has(&format!("zlib1g-dev:{target}")), "{}", tc.name);
             assert!(has(&format!("libc6-dev:{target}")), "{}", tc.name);
@@ -426,6 +452,11 @@ fn check_pins(tc: &Toolchain, pins: &[DebPin]) {
     }
     assert!(has("usr-is-merged", "all"));
     assert!(!pins.iter().any(|p| p.package == "usrmerge"), "no usrmerge");
+    assert!(has("cmake", host) && has("make", host));
+    if tc.unpack.iter().any(|u| u.source == "ziglang") {
+        // zig brings its own C libraries (libtool still pulls in Debian's gcc).
+        return;
+    }
     if tc.is_multiarch() || !tc.is_cross() {
         assert!(has("zlib1g-dev", tc.target_arch()));
         assert!(has("libc6-dev", tc.target_arch()));

@@ -162,8 +162,15 @@ pub trait Store {
     /// matches the digest it claims.
     fn import(&self, input: &mut dyn Read, progress: &dyn Progress) -> Result<Entry>;
 
-    /// Finds entries by digest (full, or a prefix of at least 8 hex digits) or by name.
+    /// Finds entries by digest (full, or a prefix of at least 8 hex digits), by name, or
+    /// by path (`<store>/v1/<hex>-<name>`, as commands print it).
     fn find(&self, query: &str) -> Result<Vec<Entry>> {
+        if query.starts_with('/')
+            && let Some(file) = std::path::Path::new(query).file_name()
+            && let Some((digest, _)) = local::parse_entry_name(&file.to_string_lossy())
+        {
+            return Ok(self.get(&digest)?.into_iter().collect());
+        }
         let all = self.list()?;
         if Digest::is_hex_prefix(query) {
             let hex = query.strip_prefix(crate::digest::PREFIX).unwrap_or(query);
