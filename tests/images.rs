@@ -897,3 +897,69 @@ fn manylinux_x64_needs_at_most_glibc_2_17() {
     common::assert_success(&ran, &"the manylinux binary");
     assert_eq!(String::from_utf8_lossy(&ran.stdout), "floor!\n");
 }
+
+/// Builds a recipe in the shared store through the CLI; returns (path, cached).
+fn recipe_build(name: &str, platform: Option<&str>) -> (PathBuf, bool) {
+    let mut cmd = dockerbuild(&shared_store(), &repo());
+    cmd.args(["--json", "build", name]);
+    if let Some(p) = platform {
+        cmd.args(["-p", p]);
+    }
+    let out = cmd.output().unwrap();
+    common::assert_success(&out, &format!("build {name}"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        PathBuf::from(v["path"].as_str().unwrap()),
+        v["cached"].as_bool().unwrap(),
+    )
+}
+
+/// Python and Perl are store entries built from their pinned sources on linux-x64
+/// (recipes/python-3.11.toml, recipes/perl.toml), self-contained and relocatable: an
+/// arm64 build mounts them at /inputs and runs them there.
+#[test]
+fn python_and_perl_entries_run_in_an_arm64_build() {
+    if !ready() {
+        return;
+    }
+    image("linux-x64");
+    let (python, _) = recipe_build("python-3.11", None);
+    let (perl, _) = recipe_build("perl", None);
+    for (entry, kind) in [(&python, "python"), (&perl, "perl")] {
+        let out = dockerbuild(&shared_store(), &repo())
+            .args(["--json", "store", "show"])
+            .arg(entry)
+            .output()
+            .unwrap();
+        common::assert_success(&out, &"store show");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["meta"]["kind"], kind, "{v}");
+    }
+    // Only glibc is needed at run time: no libssl, libffi or libz of the build image.
+    let ssl = std::fs::read_dir(python.join("lib/python3.11/lib-dynload"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("_ssl."))
+        .expect("the _ssl extension was built");
+    let needed = String::from_utf8_lossy(&std::fs::read(ssl.path()).unwrap()).into_owned();
+    assert!(
+        !needed.contains("libssl.so"),
+        "_ssl links OpenSSL statically"
+    );
+
+    let script = "py=/inputs/python/bin/python3; pl=/inputs/perl/bin/perl\n\
+        \"$py\" -c 'import ctypes, hashlib, ssl, sys, zlib; print(sys.version.split()[0], ssl.OPENSSL_VERSION.split()[1], zlib.compress(b\"x\") != b\"\", hashlib.sha256(b\"abc\").hexdigest()[:8])' > $DOCKERBUILD_OUT/python\n\
+        \"$pl\" -e 'use POSIX (); use Digest::SHA qw(sha256_hex); printf \"%vd %s\\n\", $^V, substr(sha256_hex(\"abc\"), 0, 8)' > $DOCKERBUILD_OUT/perl\n\
+        uname -m > $DOCKERBUILD_OUT/machine; echo $CROSS_TRIPLE >> $DOCKERBUILD_OUT/machine\n";
+    let py = format!("python={}", python.display());
+    let pl = format!("perl={}", perl.display());
+    let out = script_build("linux-arm64", "interpreters-in-arm64", script, &[&py, &pl]);
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(read("python"), "3.11.2 3.0.20 True ba7816bf\n");
+    assert_eq!(read("perl"), "5.36.0 ba7816bf\n");
+    assert_eq!(
+        read("machine"),
+        "x86_64\naarch64-linux-gnu\n",
+        "run by an arm64 toolchain"
+    );
+}
