@@ -6,6 +6,14 @@
 //! ```toml
 //! # Where the store lives (overridden by --store and $DOCKERBUILD_STORE).
 //! store = "/var/lib/dockerbuild/store"
+//! # Binary caches, looked up in order (after --cache and $DOCKERBUILD_CACHES); uploads go
+//! # to the first. Default: a directory under the platform cache dir.
+//! caches = ["file:///srv/dockerbuild-cache"]
+//! # Public keys whose signatures are trusted (`dockerbuild key generate` prints one). With
+//! # none, cached entries are checked for integrity only, not provenance.
+//! trusted-keys = ["ci-1:Zm9v..."]
+//! # The secret key that signs uploads.
+//! signing-key = "/etc/dockerbuild/ci-1.secret"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,6 +26,14 @@ use serde::Deserialize;
 pub struct Config {
     /// The store directory.
     pub store: Option<PathBuf>,
+    /// Binary cache URLs, looked up in order.
+    #[serde(default)]
+    pub caches: Vec<String>,
+    /// Trusted public keys (`name:base64`).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// A file holding the secret key that signs uploads.
+    pub signing_key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

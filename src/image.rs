@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use tracing::info;
 
+use crate::cache::Caches;
 use crate::digest::Digest;
 use crate::docker::{DockerError, Engine};
 use crate::lock::Lockfile;
@@ -51,6 +52,8 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
     #[error("the generated image of `{name}` has ID {actual}, but the daemon loaded {loaded}")]
     IdMismatch {
         name: String,
@@ -118,6 +121,7 @@ pub fn generate(
     project: &Project,
     lock: &Lockfile,
     platform: &str,
+    caches: &Caches,
     progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
 ) -> Result<Image, ImageError> {
     let tc = toolchain(project, platform)?;
@@ -151,11 +155,26 @@ pub fn generate(
         .collect();
     let key = key(tc, &digests);
     if let Some(e) = store.resolve_key(&key)? {
+        caches.offer(&key, &e)?;
         return Ok(Image {
             platform: platform.to_owned(),
             id: e.meta.version.clone().unwrap_or_default(),
             key,
             entry: e.path,
+            cached: true,
+        });
+    }
+    if let Some(hit) = caches.substitute(store, &key, progress("image").as_ref())? {
+        info!(
+            platform,
+            cache = hit.cache,
+            "substituted the toolchain image"
+        );
+        return Ok(Image {
+            platform: platform.to_owned(),
+            id: hit.entry.meta.version.clone().unwrap_or_default(),
+            key,
+            entry: hit.entry.path,
             cached: true,
         });
     }
@@ -217,6 +236,7 @@ pub fn generate(
     };
     let entry = store.add_path(&archive, &new, progress("image").as_ref())?;
     store.bind_key(&key, &entry.meta.digest)?;
+    caches.offer(&key, &entry)?;
     Ok(Image {
         platform: platform.to_owned(),
         id: info.id,

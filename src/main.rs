@@ -67,5 +67,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Shell(args) => cli::docker::shell(args, g, &store_dir),
         Command::Entrypoint(args) => cli::docker::entrypoint(args, g, &store_dir),
         Command::Clean => cli::docker::clean(g),
+        Command::Cache(cmd) => cli::cache::run(cmd, g, &config, &store_dir),
+        Command::Key(cmd) => cli::cache::key(cmd),
     }
 }

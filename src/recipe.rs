@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::build::{self, BuildError, BuildOptions, BuildSpec, Built};
+use crate::cache::Caches;
 use crate::digest::Digest;
 use crate::docker::Engine;
 use crate::image::{self, ImageError};
@@ -134,6 +135,8 @@ pub enum RecipeError {
     Build(Box<BuildError>),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 impl From<ImageError> for RecipeError {
@@ -241,6 +244,8 @@ pub struct Builder<'a> {
     pub lock: &'a Lockfile,
     pub recipes: &'a [(Recipe, String)],
     pub options: BuildOptions,
+    /// Where outputs are substituted from and uploaded to.
+    pub caches: &'a Caches,
     /// Progress of downloads and image generation, by label.
     pub progress: &'a (dyn Fn(&str) -> Box<dyn Progress> + Sync),
     /// Called when a build starts (its output name), and with each chunk of its log.
@@ -339,12 +344,26 @@ impl Builder<'_> {
             self.project,
             self.lock,
             &spec.platform,
+            self.caches,
             self.progress,
         )?;
-        if let Some(entry) = build::find(self.store, &build::key(spec, &img))? {
+        let key = build::key(spec, &img);
+        if let Some(entry) = build::find(self.store, &key)? {
+            self.caches.offer(&key, &entry)?;
             return Ok(Built {
-                key: build::key(spec, &img),
+                key,
                 entry,
+                cached: true,
+            });
+        }
+        if let Some(hit) =
+            self.caches
+                .substitute(self.store, &key, (self.progress)(&spec.name).as_ref())?
+        {
+            tracing::info!(name = spec.name, cache = hit.cache, "substituted");
+            return Ok(Built {
+                key,
+                entry: hit.entry,
                 cached: true,
             });
         }
@@ -355,7 +374,7 @@ impl Builder<'_> {
         }
         let engine = self.engine.get().expect("just set");
         (self.on_start)(&spec.name);
-        Ok(build::build(
+        let built = build::build(
             self.store,
             engine,
             self.project,
@@ -363,7 +382,9 @@ impl Builder<'_> {
             spec,
             &self.options,
             self.on_output,
-        )?)
+        )?;
+        self.caches.offer(&key, &built.entry)?;
+        Ok(built)
     }
 
     /// Builds recipe `name` (on `platform` when it takes one) and what it depends on.

@@ -167,3 +167,85 @@ fn bad_cache_urls_are_refused() {
         .to_string();
     assert!(e.contains("file:///DIR") && e.contains("oci://"), "{e}");
 }
+
+/// The CLI without Docker: `key generate`, `cache push` from one store, `cache pull` into
+/// another, `cache ls`, `cache verify` (which fails naming a tampered entry), and trusted
+/// keys from config.toml.
+#[test]
+fn cache_commands_push_pull_list_and_verify() {
+    let env = common::TestEnv::new();
+    let dir = env.path();
+    let cache_dir = dir.join("shared-cache");
+    let url = format!("file://{}", cache_dir.display());
+    common::write(&dir.join("tree/a.txt"), b"hello cache");
+    let secret = dir.join("ci-1.secret");
+    let public = env.ok(&["key", "generate", "ci-1", "-o", secret.to_str().unwrap()]);
+    assert!(public.trim().starts_with("ci-1:"), "{public}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the secret key is private");
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "caches = [\"{url}\"]\ntrusted-keys = [\"{}\"]\nsigning-key = \"{}\"\n",
+            public.trim(),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let path = env.ok(&[
+        "store",
+        "add",
+        dir.join("tree").to_str().unwrap(),
+        "--name",
+        "shared",
+    ]);
+    let digest = format!(
+        "blake3:{}",
+        &std::path::Path::new(path.trim())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()[..64]
+    );
+    env.ok(&["cache", "push", "shared"]);
+    let ls = env.ok(&["cache", "ls"]);
+    assert!(ls.contains("shared") && ls.contains(&url), "{ls}");
+    env.ok(&["cache", "verify"]);
+
+    // Another store pulls it by digest, verified and signed.
+    let other = dir.join("other-store");
+    let out = env
+        .cmd_with_store(&other)
+        .args(["cache", "pull", &digest])
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"cache pull");
+    let pulled = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        std::path::Path::new(pulled.trim()).file_name(),
+        std::path::Path::new(path.trim()).file_name()
+    );
+    assert_eq!(
+        std::fs::read(std::path::Path::new(pulled.trim()).join("a.txt")).unwrap(),
+        b"hello cache"
+    );
+
+    // Tampered on the cache's disk: verify names it and fails; pull refuses it.
+    let blob = cache_dir
+        .join("dockerbuild-cache-v1/entries")
+        .join(format!("{}.tar.zst", &digest[7..]));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let err = env.fails(&["cache", "verify"]);
+    assert!(err.contains("shared") && err.contains(&url), "{err}");
+    let third = dir.join("third-store");
+    let out = env
+        .cmd_with_store(&third)
+        .args(["cache", "pull", &digest])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not what it claims"));
+}

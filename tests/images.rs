@@ -44,7 +44,10 @@ fn dockerbuild(store: &Path, dir: &Path) -> Command {
         .arg(store)
         .arg("--locked")
         .arg("-q")
-        .env("DOCKERBUILD_CONFIG", store.with_extension("config.toml"));
+        .env("DOCKERBUILD_CONFIG", store.with_extension("config.toml"))
+        // The default binary cache lives under the cache dir: one per store.
+        .env("XDG_CACHE_HOME", store.with_extension("xdg-cache"))
+        .env_remove("DOCKERBUILD_CACHES");
     c
 }
 
@@ -354,9 +357,15 @@ mod builds {
         let store = LocalStore::open(store_dir).unwrap();
         let lock = project.read_lock().unwrap().unwrap();
         let fetcher = Fetcher::new(Http::new(HttpOptions::from_env()));
-        let image = image::generate(&store, &fetcher, &project, &lock, platform, &|_| {
-            Box::new(Silent)
-        })
+        let image = image::generate(
+            &store,
+            &fetcher,
+            &project,
+            &lock,
+            platform,
+            &dockerbuild::cache::Caches::none(),
+            &|_| Box::new(Silent),
+        )
         .unwrap();
         Ctx {
             store,

@@ -233,3 +233,62 @@ pub fn fetch_into(
 pub fn default_dir() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "dockerbuild").map(|d| d.cache_dir().join("cache"))
 }
+
+/// How a run uses caches: where to look, whom to trust, whether to substitute and upload,
+/// and what it uploaded (or failed to).
+#[derive(Default)]
+pub struct Caches {
+    /// Looked up in order.
+    pub caches: Vec<Box<dyn Cache>>,
+    /// With none, claims are accepted unsigned (integrity only: every byte is re-hashed).
+    pub trusted: Vec<PublicKey>,
+    /// Signs what is uploaded.
+    pub signer: Option<SecretKey>,
+    /// Look keys up before working (`--no-substitute` and `--offline` turn it off).
+    pub substitute: bool,
+    /// Push what is produced or fetched to the first cache (`--upload`).
+    pub upload: bool,
+    uploaded: std::sync::Mutex<Vec<Claim>>,
+}
+
+impl Caches {
+    /// No caches: everything is local work.
+    pub fn none() -> Caches {
+        Caches::default()
+    }
+
+    /// The entry `key` produced, from the first cache that has a trusted claim.
+    pub fn substitute(
+        &self,
+        store: &LocalStore,
+        key: &Digest,
+        progress: &dyn Progress,
+    ) -> Result<Option<Substituted>> {
+        if !self.substitute || self.caches.is_empty() {
+            return Ok(None);
+        }
+        substitute(&self.caches, store, key, &self.trusted, progress)
+    }
+
+    /// Pushes `entry` under `key` to the first cache when uploading is on and the cache
+    /// lacks the claim.
+    pub fn offer(&self, key: &Digest, entry: &Entry) -> Result<()> {
+        let Some(first) = self.caches.first().filter(|_| self.upload) else {
+            return Ok(());
+        };
+        if first
+            .lookup(key)?
+            .is_some_and(|c| c.digest == entry.meta.digest)
+        {
+            return Ok(());
+        }
+        let claim = upload(first.as_ref(), key, entry, self.signer.as_ref())?;
+        self.uploaded.lock().expect("not poisoned").push(claim);
+        Ok(())
+    }
+
+    /// What [`Caches::offer`] pushed during this run.
+    pub fn uploaded(&self) -> Vec<Claim> {
+        self.uploaded.lock().expect("not poisoned").clone()
+    }
+}

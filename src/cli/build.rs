@@ -118,6 +118,7 @@ pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
         options: BuildOptions {
             keep_failed: args.keep_failed,
         },
+        caches: &c.caches,
         progress: &bar,
         on_start: &mut on_start,
         on_output: &mut on_output,
@@ -135,6 +136,7 @@ pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
     };
     spinner.finish_and_clear();
     let (spec, built) = result?;
+    super::cache::report_uploads(&c.caches);
     output::status(format!(
         "{}: {} ({:.1}s)",
         spec.name,

@@ -61,6 +61,7 @@ pub(super) struct Session {
     pub project: Project,
     pub store: LocalStore,
     pub fetcher: Fetcher,
+    pub caches: dockerbuild::cache::Caches,
 }
 
 pub(super) fn open(g: &GlobalArgs, store_dir: &Path) -> Result<Session> {
@@ -68,6 +69,7 @@ pub(super) fn open(g: &GlobalArgs, store_dir: &Path) -> Result<Session> {
         project: Project::discover(g.project.as_deref())?,
         store: LocalStore::open(store_dir)?,
         fetcher: Fetcher::new(Http::new(HttpOptions::from_env())),
+        caches: super::cache::caches(g, &super::cache::config(g)?)?,
     })
 }
 
@@ -76,7 +78,7 @@ pub(super) fn image_for(g: &GlobalArgs, c: &Session, platform: &str) -> Result<I
     let bars = Bars::new(g.quiet);
     let bar = |n: &str| bars.bar(n);
     Ok(image::generate(
-        &c.store, &c.fetcher, &c.project, &lock, platform, &bar,
+        &c.store, &c.fetcher, &c.project, &lock, platform, &c.caches, &bar,
     )?)
 }
 
@@ -100,6 +102,7 @@ pub fn generate(args: GenerateArgs, g: &GlobalArgs, store_dir: &Path) -> Result<
         ));
         images.push(img);
     }
+    super::cache::report_uploads(&c.caches);
     if g.json {
         output::json(&images)?;
     } else {

@@ -2,6 +2,7 @@
 //! calls the library; nothing below `src/cli` is used by the library.
 
 pub mod build;
+pub mod cache;
 pub mod docker;
 pub mod output;
 pub mod sources;
@@ -55,6 +56,23 @@ pub struct GlobalArgs {
     /// current directory that has one]
     #[arg(long, global = true, value_name = "DIR")]
     pub project: Option<PathBuf>,
+
+    /// A binary cache to look things up in before building, ahead of the configured ones
+    /// (file:///DIR); repeatable
+    #[arg(long = "cache", global = true, value_name = "URL")]
+    pub caches: Vec<String>,
+
+    /// Use only the store: no binary caches
+    #[arg(long, global = true)]
+    pub offline: bool,
+
+    /// Do the work locally even when a cache has the result
+    #[arg(long, global = true)]
+    pub no_substitute: bool,
+
+    /// Push what this run builds or uses and the first cache lacks to that cache
+    #[arg(long, global = true)]
+    pub upload: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +114,12 @@ pub enum Command {
     /// Add, inspect, verify, export and collect store entries
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Push entries to binary caches, pull them, list and verify what caches hold
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Make signing keys for binary caches
+    #[command(subcommand)]
+    Key(cache::KeyCommand),
 }
 
 #[cfg(test)]

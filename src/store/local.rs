@@ -198,6 +198,26 @@ impl LocalStore {
         fs::rename(&tmp, &path).map_err(StoreError::io("publish key record", &path))
     }
 
+    /// Every key recorded as having produced entry `digest`.
+    pub fn keys_for(&self, digest: &Digest) -> Result<Vec<Digest>> {
+        let dir = self.dir.join(".keys");
+        let want = digest.to_string();
+        let mut out = Vec::new();
+        for item in fs::read_dir(&dir).map_err(StoreError::io("read directory", &dir))? {
+            let item = item.map_err(StoreError::io("read directory", &dir))?;
+            let Ok(text) = fs::read_to_string(item.path()) else {
+                continue;
+            };
+            if text.trim() == want
+                && let Ok(k) = format!("blake3:{}", item.file_name().to_string_lossy()).parse()
+            {
+                out.push(k);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The entry a key produced, if it is still in the store.
     pub fn resolve_key(&self, key: &Digest) -> Result<Option<Entry>> {
         let path = self.dir.join(".keys").join(key.to_hex());

@@ -33,6 +33,9 @@ impl TestEnv {
         let mut c = Command::new(env!("CARGO_BIN_EXE_dockerbuild"));
         c.env("DOCKERBUILD_STORE", store)
             .env("DOCKERBUILD_CONFIG", self.dir.path().join("config.toml"))
+            // The default binary cache lives under the cache dir: one per test.
+            .env("XDG_CACHE_HOME", self.dir.path().join("xdg-cache"))
+            .env_remove("DOCKERBUILD_CACHES")
             .env("NO_COLOR", "1")
             .arg("-q");
         c
