@@ -972,3 +972,64 @@ fn python_and_perl_entries_run_in_an_arm64_build() {
         "run by an arm64 toolchain"
     );
 }
+
+/// What one store built and uploaded, an empty store substitutes: the toolchain image and
+/// the build output come from a `file://` cache, verified, and no build container runs.
+#[test]
+fn builds_are_substituted_from_a_file_cache() {
+    if !ready() {
+        return;
+    }
+    image("linux-armv7");
+    let cache_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", cache_dir.path().display());
+    let build = |store: &Path, extra: &[&str]| {
+        let out = dockerbuild(store, &repo())
+            .args(["--json", "--cache", &url])
+            .args(extra)
+            .args(["build", "git", "-p", "linux-armv7"])
+            .output()
+            .unwrap();
+        common::assert_success(&out, &format!("build git with {extra:?}"));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = build(&shared_store(), &["--upload"]);
+    let listed = dockerbuild(&shared_store(), &repo())
+        .args(["--cache", &url, "cache", "ls"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("git-linux-armv7"), "{listed}");
+    assert!(listed.contains("image-linux-armv7.tar"), "{listed}");
+
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fresh = tempfile::tempdir().unwrap();
+    let second = build(&fresh.path().join("store"), &[]);
+    assert_eq!(second["cached"], true, "substituted, not built");
+    assert_eq!(second["digest"], first["digest"]);
+    assert_eq!(second["key"], first["key"]);
+    let key = first["key"].as_str().unwrap().trim_start_matches("blake3:");
+    let events = Command::new("docker")
+        .args(["events", "--since", &since.to_string(), "--until", "0s"])
+        .args(["--filter", "type=container", "--filter", "event=create"])
+        .args([
+            "--filter",
+            &format!("label=org.dockerbuild.build-key={key}"),
+        ])
+        .args(["--format", "{{.ID}}"])
+        .output()
+        .unwrap();
+    common::assert_success(&events, &"docker events");
+    assert_eq!(
+        String::from_utf8_lossy(&events.stdout).trim(),
+        "",
+        "no build container was created"
+    );
+    // The binary is the one built in the first store, byte for byte.
+    let a = std::fs::read(Path::new(first["path"].as_str().unwrap()).join("bin/git")).unwrap();
+    let b = std::fs::read(Path::new(second["path"].as_str().unwrap()).join("bin/git")).unwrap();
+    assert!(a == b, "identical bytes");
+}
