@@ -249,3 +249,18 @@ fn cache_commands_push_pull_list_and_verify() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not what it claims"));
 }
+
+#[test]
+fn the_readme_config_example_parses_with_a_real_key() {
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let block = common::toml_blocks(&readme)
+        .into_iter()
+        .find(|b| b.contains("trusted-keys"))
+        .expect("the README shows a config with trusted keys");
+    let c = dockerbuild::config::Config::parse(&block, &readme).unwrap();
+    assert_eq!(c.caches.len(), 1);
+    for k in &c.trusted_keys {
+        dockerbuild::signing::PublicKey::parse(k).unwrap();
+    }
+    assert!(cache::open(&c.caches[0]).is_ok() || c.caches[0].starts_with("file:///srv"));
+}
