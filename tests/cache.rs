@@ -262,5 +262,5 @@ fn the_readme_config_example_parses_with_a_real_key() {
     for k in &c.trusted_keys {
         dockerbuild::signing::PublicKey::parse(k).unwrap();
     }
-    assert!(cache::open(&c.caches[0]).is_ok() || c.caches[0].starts_with("file:///srv"));
+    assert!(c.caches[0].starts_with("file:///"));
 }
