@@ -122,6 +122,15 @@ impl std::fmt::Debug for SecretKey {
 }
 
 impl SecretKey {
+    /// The key whose seed is `seed` (for test vectors; use [`SecretKey::generate`]).
+    pub fn from_seed(name: &str, seed: [u8; 32]) -> Result<SecretKey, KeyError> {
+        check_name(name)?;
+        Ok(SecretKey {
+            name: name.to_owned(),
+            key: SigningKey::from_bytes(&seed),
+        })
+    }
+
     /// A new random key named `name`.
     pub fn generate(name: &str) -> Result<SecretKey, KeyError> {
         check_name(name)?;

@@ -264,3 +264,25 @@ fn the_readme_config_example_parses_with_a_real_key() {
     }
     assert!(c.caches[0].starts_with("file:///"));
 }
+
+/// `store-format/claim-vector.json`: the fingerprint and the (deterministic) signature.
+#[test]
+fn the_claim_vector_is_reproduced() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("store-format/claim-vector.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let sk = SecretKey::parse(v["secret_key"].as_str().unwrap()).unwrap();
+    assert_eq!(sk.public().to_text(), v["public_key"].as_str().unwrap());
+    let mut claim: cache::Claim = serde_json::from_value(v["claim"].clone()).unwrap();
+    assert_eq!(
+        String::from_utf8(claim.fingerprint()).unwrap(),
+        v["fingerprint"].as_str().unwrap()
+    );
+    sk.sign(&mut claim);
+    assert_eq!(
+        claim.signatures,
+        vec![v["signature"].as_str().unwrap().to_owned()]
+    );
+    let pk = dockerbuild::signing::PublicKey::parse(v["public_key"].as_str().unwrap()).unwrap();
+    assert!(pk.verifies(&claim));
+}
