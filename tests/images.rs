@@ -925,7 +925,8 @@ fn recipe_build(name: &str, platform: Option<&str>) -> (PathBuf, bool) {
 
 /// Python and Perl are store entries built from their pinned sources on linux-x64
 /// (recipes/python-3.11.toml, recipes/perl.toml), self-contained and relocatable: an
-/// arm64 build mounts them at /inputs and runs them there.
+/// arm64 build mounts them at /inputs and runs them there, and with the arm64 target
+/// Python entry (recipes/python-3.11-target.toml) cross-compiles an extension module.
 #[test]
 fn python_and_perl_entries_run_in_an_arm64_build() {
     if !ready() {
@@ -934,6 +935,7 @@ fn python_and_perl_entries_run_in_an_arm64_build() {
     image("linux-x64");
     let (python, _) = recipe_build("python-3.11", None);
     let (perl, _) = recipe_build("perl", None);
+    let (target, _) = recipe_build("python-3.11-target", Some("linux-arm64"));
     for (entry, kind) in [(&python, "python"), (&perl, "perl")] {
         let out = dockerbuild(&shared_store(), &repo())
             .args(["--json", "store", "show"])
@@ -959,10 +961,21 @@ fn python_and_perl_entries_run_in_an_arm64_build() {
     let script = "py=/inputs/python/bin/python3; pl=/inputs/perl/bin/perl\n\
         \"$py\" -c 'import ctypes, hashlib, ssl, sys, zlib; print(sys.version.split()[0], ssl.OPENSSL_VERSION.split()[1], zlib.compress(b\"x\") != b\"\", hashlib.sha256(b\"abc\").hexdigest()[:8])' > $DOCKERBUILD_OUT/python\n\
         \"$pl\" -e 'use POSIX (); use Digest::SHA qw(sha256_hex); printf \"%vd %s\\n\", $^V, substr(sha256_hex(\"abc\"), 0, 8)' > $DOCKERBUILD_OUT/perl\n\
-        uname -m > $DOCKERBUILD_OUT/machine; echo $CROSS_TRIPLE >> $DOCKERBUILD_OUT/machine\n";
+        uname -m > $DOCKERBUILD_OUT/machine; echo $CROSS_TRIPLE >> $DOCKERBUILD_OUT/machine\n\
+        # An extension module for arm64, through the target entry's sysconfig.\n\
+        read -r suffix inc cc < <(_PYTHON_HOST_PLATFORM=linux-aarch64 _PYTHON_SYSCONFIGDATA_NAME=_sysconfigdata__linux_aarch64-linux-gnu PYTHONPATH=/inputs/target/lib/python3.11 \"$py\" -c 'import sysconfig as s; print(s.get_config_var(\"EXT_SUFFIX\"), s.get_config_var(\"INCLUDEPY\"), s.get_config_var(\"CC\").split()[0])')\n\
+        echo \"$suffix $inc $cc\" > $DOCKERBUILD_OUT/sysconfig\n\
+        printf '#include <Python.h>\\nstatic struct PyModuleDef m = {PyModuleDef_HEAD_INIT, \"spam\"};\\nPyMODINIT_FUNC PyInit_spam(void) { return PyModule_Create(&m); }\\n' > spam.c\n\
+        $cc -shared -fPIC -O2 -I\"$inc\" spam.c -o $DOCKERBUILD_OUT/spam$suffix\n";
     let py = format!("python={}", python.display());
     let pl = format!("perl={}", perl.display());
-    let out = script_build("linux-arm64", "interpreters-in-arm64", script, &[&py, &pl]);
+    let tg = format!("target={}", target.display());
+    let out = script_build(
+        "linux-arm64",
+        "interpreters-in-arm64",
+        script,
+        &[&py, &pl, &tg],
+    );
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
     assert_eq!(read("python"), "3.11.2 3.0.20 True ba7816bf\n");
     assert_eq!(read("perl"), "5.36.0 ba7816bf\n");

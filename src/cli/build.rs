@@ -37,7 +37,8 @@ pub struct BuildArgs {
     pub script: Option<PathBuf>,
     /// With --script, an input mounted read-only at /inputs/NAME: REF is a locked
     /// source's name (fetched when missing), or a store entry (digest, digest prefix, path
-    /// or name); REF defaults to NAME (repeatable)
+    /// or name); `source:REF` or `entry:REF` when both share a name; REF defaults to NAME
+    /// (repeatable)
     #[arg(
         long = "input",
         short = 'i',
@@ -211,13 +212,24 @@ fn script_spec(
     })
 }
 
-/// A locked source (fetched if missing) or an entry already in the store.
+/// A locked source (fetched if missing) or an entry already in the store. `source:NAME`
+/// and `entry:QUERY` say which when a source and an entry share a name; a bare name means
+/// the locked source if there is one.
 fn input_digest(g: &GlobalArgs, c: &Session, lock: &Lockfile, reference: &str) -> Result<Digest> {
-    if let Some(src) = lock.get(reference) {
+    let (source, entry) = match reference.split_once(':') {
+        Some(("source", n)) => (Some(n), None),
+        Some(("entry", q)) => (None, Some(q)),
+        _ => (lock.get(reference).map(|_| reference), Some(reference)),
+    };
+    if let Some(name) = source {
+        let src = lock
+            .get(name)
+            .with_context(|| format!("the lockfile pins no source `{name}`"))?;
         let bars = Bars::new(g.quiet);
         let bar = |n: &str| bars.bar(n);
         project::fetch_one(&c.store, &c.fetcher, src, &bar)?;
         return Ok(src.blake3);
     }
-    Ok(c.store.resolve(reference)?.meta.digest)
+    let query = entry.expect("one of the two");
+    Ok(c.store.resolve(query)?.meta.digest)
 }
