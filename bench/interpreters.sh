@@ -17,7 +17,7 @@ else
 fi
 
 db() { "$bin" -q --offline --store "$store" --locked build "$@"; }
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
+t() { local s e; s=$(date +%s.%N); "$@" >/dev/null || return 1; e=$(date +%s.%N); echo "$e - $s" | bc; }
 
 printf '%-28s %-16s %10s %10s %8s\n' recipe platform first_s again_s ratio
 row() { # recipe [platform]
