@@ -241,9 +241,20 @@ impl LocalStore {
         expected: &Digest,
         progress: &dyn Progress,
     ) -> Result<Entry> {
+        self.import_checked(input, Some(expected), progress)
+    }
+
+    fn import_checked(
+        &self,
+        input: &mut dyn Read,
+        expected: Option<&Digest>,
+        progress: &dyn Progress,
+    ) -> Result<Entry> {
         let staging = self.staging()?;
         let (meta, node) = export::read(input, &staging.item(), progress)?;
-        if meta.digest != *expected {
+        if let Some(expected) = expected
+            && meta.digest != *expected
+        {
             return Err(StoreError::DigestMismatch {
                 subject: format!("import of `{}`", meta.name),
                 expected: *expected,
@@ -541,17 +552,7 @@ impl Store for LocalStore {
     }
 
     fn import(&self, input: &mut dyn Read, progress: &dyn Progress) -> Result<Entry> {
-        let staging = self.staging()?;
-        let (meta, node) = export::read(input, &staging.item(), progress)?;
-        let new = NewEntry {
-            name: meta.name.clone(),
-            kind: meta.kind,
-            version: meta.version.clone(),
-            origin: meta.origin.clone(),
-            references: meta.references.clone(),
-            build: meta.build.clone(),
-        };
-        self.publish(staging, node, &new)
+        self.import_checked(input, None, progress)
     }
 }
 
