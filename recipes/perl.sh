@@ -61,9 +61,12 @@ quiet "$scratch/configure.log" sh Configure -des \
   -Dmyhostname=localhost -Dmydomain=.localdomain -Dcf_email=dockerbuild@localhost \
   -Dperladmin=dockerbuild@localhost -Dcf_by=dockerbuild \
   -Dmyuname="linux dockerbuild" -Dosvers=dockerbuild
-# Configure stamps config.sh with the time it ran, after applying -D and -A options: pin it
-# to SOURCE_DATE_EPOCH, then regenerate what is made from config.sh (config.h, Makefile...).
-sed -i "s/^cf_time=.*/cf_time='$(date -u -d "@$SOURCE_DATE_EPOCH")'/" config.sh
+# Configure stamps config.sh with the time it ran (cf_time and a comment that Config_heavy.pl
+# copies), after applying -D and -A options: pin it to SOURCE_DATE_EPOCH, then regenerate
+# what is made from config.sh (config.h, Makefile, ...).
+cf_time=$(date -u -d "@$SOURCE_DATE_EPOCH")
+sed -i -e "s/^cf_time=.*/cf_time='$cf_time'/" \
+  -e "s/^# Configuration time: .*/# Configuration time: $cf_time/" config.sh
 quiet "$scratch/configure.log" sh Configure -S
 
 step "make"

@@ -57,8 +57,8 @@ strip_elf() { # dir...: strip every ELF executable and shared object below them
 relocate_sysconfigdata() { # file: let its paths under $prefix follow the tree
   cat >>"$1" <<EOF
 
-# Added by dockerbuild: this tree is relocatable, so paths under the configured prefix
-# ($prefix) follow this file (<prefix>/lib/python3.X/) to wherever the tree is.
+# Added by dockerbuild: the tree is relocatable, so paths under its configured prefix
+# follow this file (in <prefix>/lib/python3.X/) to wherever the tree is.
 def _relocate(old='$prefix'):
     from os.path import abspath, dirname
     new = dirname(dirname(dirname(abspath(__file__))))
@@ -99,6 +99,7 @@ unpack "$inputs/libffi" "$scratch/libffi-src"
 # Ubuntu keep them; SSL_CERT_FILE and SSL_CERT_DIR override.
 step "OpenSSL (static)"
 unpack "$inputs/openssl" "$scratch/openssl-src"
+# shellcheck disable=SC2086 # $depflags is several flags
 (cd "$scratch/openssl-src" &&
   quiet ../openssl.log ./Configure linux-x86_64 no-shared no-module no-tests \
     --prefix="$deps" --libdir=lib --openssldir=/etc/ssl CC="$cc" $depflags &&
