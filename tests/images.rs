@@ -944,7 +944,7 @@ fn python_and_perl_entries_run_in_an_arm64_build() {
             .unwrap();
         common::assert_success(&out, &"store show");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["meta"]["kind"], kind, "{v}");
+        assert_eq!(v["kind"], kind, "{v}");
     }
     // Only glibc is needed at run time: no libssl, libffi or libz of the build image.
     let ssl = std::fs::read_dir(python.join("lib/python3.11/lib-dynload"))
