@@ -90,6 +90,19 @@ pub const LOCKFILE: &str = "lockfiles/dockerbuild.lock";
 /// Platform definitions, relative to the project root.
 pub const TOOLCHAINS: &str = "toolchains";
 
+/// Every `*.toml` file directly in `dir`, sorted (toolchain and recipe definitions).
+pub(crate) fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            paths.push(p);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
 /// The recipes directory, relative to the project root.
 pub const RECIPES: &str = "recipes";
 

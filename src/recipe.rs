@@ -209,8 +209,8 @@ impl Recipe {
 
 /// Every `*.toml` in `dir` with its script, sorted by name (none if `dir` is missing).
 pub fn load_all(dir: &Path) -> Result<Vec<(Recipe, String)>> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
+    let paths = match crate::project::toml_files(dir) {
+        Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
             return Err(RecipeError::Read {
@@ -219,18 +219,6 @@ pub fn load_all(dir: &Path) -> Result<Vec<(Recipe, String)>> {
             });
         }
     };
-    let mut paths = Vec::new();
-    for e in rd {
-        let e = e.map_err(|source| RecipeError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            paths.push(p);
-        }
-    }
-    paths.sort();
     paths.iter().map(|p| Recipe::load(p)).collect()
 }
 

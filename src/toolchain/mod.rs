@@ -451,22 +451,10 @@ pub fn host_triple(arch: &str) -> Option<&'static str> {
 
 /// Every `*.toml` in `dir`, sorted by name; names must be unique.
 pub fn load_all(dir: &Path) -> Result<Vec<Toolchain>> {
-    let rd = std::fs::read_dir(dir).map_err(|source| ToolchainError::Read {
+    let paths = crate::project::toml_files(dir).map_err(|source| ToolchainError::Read {
         path: dir.to_owned(),
         source,
     })?;
-    let mut paths = Vec::new();
-    for e in rd {
-        let e = e.map_err(|source| ToolchainError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "toml") {
-            paths.push(p);
-        }
-    }
-    paths.sort();
     let mut by_name: BTreeMap<String, (PathBuf, Toolchain)> = BTreeMap::new();
     for p in paths {
         let tc = Toolchain::load(&p)?;
