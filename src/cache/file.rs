@@ -102,10 +102,10 @@ impl Cache for FileCache {
         Ok(self.entry_path(digest).is_file())
     }
 
-    fn fetch(&self, digest: &Digest, out: &mut dyn Write) -> Result<u64> {
+    fn open(&self, digest: &Digest) -> Result<Box<dyn std::io::Read + Send>> {
         let path = self.entry_path(digest);
-        let mut f = File::open(&path).map_err(self.io(format!("open `{}`", path.display())))?;
-        std::io::copy(&mut f, out).map_err(self.io(format!("read `{}`", path.display())))
+        let f = File::open(&path).map_err(self.io(format!("open `{}`", path.display())))?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, f)))
     }
 
     fn push(&self, claim: &Claim, stream: &Path) -> Result<()> {

@@ -13,7 +13,7 @@
 
 mod file;
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use file::FileCache;
@@ -81,8 +81,8 @@ pub trait Cache: Send + Sync {
     fn lookup(&self, key: &Digest) -> Result<Option<Claim>>;
     /// Whether the cache holds the export stream of entry `digest`.
     fn has_entry(&self, digest: &Digest) -> Result<bool>;
-    /// Streams entry `digest`'s export stream into `out`.
-    fn fetch(&self, digest: &Digest, out: &mut dyn std::io::Write) -> Result<u64>;
+    /// Entry `digest`'s export stream, to be read (and re-hashed) once, as it arrives.
+    fn open(&self, digest: &Digest) -> Result<Box<dyn Read + Send>>;
     /// Stores an export stream (the file `stream`, `size` bytes) for entry `digest`, then
     /// publishes `claim`. Pushing what is already there is not an error.
     fn push(&self, claim: &Claim, stream: &Path) -> Result<()>;
@@ -198,35 +198,23 @@ pub fn substitute(
     }
 }
 
-/// Downloads a claimed entry to a temporary file, then imports it (re-hashing every
-/// byte); the imported entry must be the one claimed.
+/// Imports a claimed entry straight from the cache's stream, re-hashing every byte as it
+/// is written to staging; the entry is published only if it is the one claimed.
 pub fn fetch_into(
     cache: &dyn Cache,
     store: &LocalStore,
     claim: &Claim,
     progress: &dyn Progress,
 ) -> Result<Entry> {
-    let corrupt = |source: StoreError| CacheError::Corrupt {
-        cache: cache.url().to_owned(),
-        digest: claim.digest,
-        name: claim.name.clone(),
-        source: Box::new(source),
-    };
-    let io = |action: &'static str| {
-        let cache = cache.url().to_owned();
-        move |source| CacheError::Io {
-            cache,
-            action: action.to_owned(),
-            source,
-        }
-    };
-    let mut tmp = tempfile::tempfile().map_err(io("create a temporary file"))?;
-    cache.fetch(&claim.digest, &mut tmp)?;
-    tmp.seek(SeekFrom::Start(0))
-        .map_err(io("rewind a temporary file"))?;
+    let mut stream = cache.open(&claim.digest)?;
     store
-        .import_expecting(&mut tmp as &mut dyn Read, &claim.digest, progress)
-        .map_err(corrupt)
+        .import_expecting(&mut stream, &claim.digest, progress)
+        .map_err(|source| CacheError::Corrupt {
+            cache: cache.url().to_owned(),
+            digest: claim.digest,
+            name: claim.name.clone(),
+            source: Box::new(source),
+        })
 }
 
 /// The default cache directory (`<platform cache dir>/dockerbuild/cache`).
