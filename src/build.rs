@@ -129,6 +129,8 @@ pub fn find(store: &LocalStore, key: &Digest) -> Result<Option<Entry>, StoreErro
 pub struct BuildOptions {
     /// Keep the scratch directory of a failed build and say where.
     pub keep_failed: bool,
+    /// Run the build even when the store or a cache has its output (`--rebuild`).
+    pub rebuild: bool,
 }
 
 /// Runs a build (or finds its output): the image must already be generated.

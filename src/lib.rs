@@ -52,3 +52,4 @@ pub mod store;
 mod testutil;
 pub mod toolchain;
 pub mod tree;
+pub mod wheel;

@@ -69,5 +69,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Clean => cli::docker::clean(g),
         Command::Cache(cmd) => cli::cache::run(cmd, g, &config, &store_dir),
         Command::Key(cmd) => cli::cache::key(cmd),
+        Command::WheelBuild(args) => cli::wheel::build(args, g, &store_dir),
+        Command::WheelDump(args) => cli::wheel::dump(args, g),
+        Command::WheelJson(args) => cli::wheel::json(args, g),
     }
 }

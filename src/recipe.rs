@@ -336,7 +336,11 @@ impl Builder<'_> {
             self.progress,
         )?;
         let key = build::key(spec, &img);
-        if let Some(entry) = build::find(self.store, &key)? {
+        let found = match self.options.rebuild {
+            true => None,
+            false => build::find(self.store, &key)?,
+        };
+        if let Some(entry) = found {
             self.caches.offer(&key, &entry)?;
             return Ok(Built {
                 key,
@@ -344,10 +348,14 @@ impl Builder<'_> {
                 cached: true,
             });
         }
-        if let Some(hit) =
-            self.caches
-                .substitute(self.store, &key, (self.progress)(&spec.name).as_ref())?
-        {
+        let hit = match self.options.rebuild {
+            true => None,
+            false => {
+                self.caches
+                    .substitute(self.store, &key, (self.progress)(&spec.name).as_ref())?
+            }
+        };
+        if let Some(hit) = hit {
             tracing::info!(name = spec.name, cache = hit.cache, "substituted");
             return Ok(Built {
                 key,

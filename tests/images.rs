@@ -492,7 +492,10 @@ mod builds {
             &c.project,
             &c.image,
             &s,
-            &BuildOptions { keep_failed: true },
+            &BuildOptions {
+                keep_failed: true,
+                ..Default::default()
+            },
             &mut |_| {},
         )
         .unwrap_err();

@@ -118,6 +118,7 @@ pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
         recipes: &recipes,
         options: BuildOptions {
             keep_failed: args.keep_failed,
+            rebuild: false,
         },
         caches: &c.caches,
         progress: &bar,

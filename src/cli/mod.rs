@@ -7,6 +7,7 @@ pub mod docker;
 pub mod output;
 pub mod sources;
 pub mod store;
+pub mod wheel;
 
 use std::path::PathBuf;
 
@@ -120,6 +121,18 @@ pub enum Command {
     /// Make signing keys for binary caches
     #[command(subcommand)]
     Key(cache::KeyCommand),
+    /// Build the wheel matrix of wheels/*.toml: every (wheel, platform, Python) selected
+    ///
+    /// Each source wheel is a hermetic build: the sdist, the host and target Pythons, the
+    /// build dependencies and native libraries (built first, once per platform) come
+    /// from the store; no network. Builds run in parallel, one line each; failures are
+    /// reported at the end while the others finish. What the store or a binary cache has
+    /// is not built again. Prints the wheel files (or JSON with --json).
+    WheelBuild(wheel::WheelBuildArgs),
+    /// Write wheels/wheels.md, the catalogue of every wheel the specs make
+    WheelDump(wheel::WheelDumpArgs),
+    /// Print every (wheel, platform, Python) of the matrix as JSON, for CI
+    WheelJson(wheel::FilterArgs),
 }
 
 #[cfg(test)]

@@ -85,6 +85,20 @@ impl Bars {
         }
     }
 
+    /// A spinner line labelled `name`, for a job whose size is unknown (hidden with `-q`).
+    pub fn line(&self, name: &str) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let line = self.multi.add(ProgressBar::new_spinner());
+        line.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}").expect("valid"),
+        );
+        line.set_prefix(name.to_owned());
+        line.enable_steady_tick(Duration::from_millis(200));
+        line
+    }
+
     /// A new bar labelled `name`.
     pub fn bar(&self, name: &str) -> Box<dyn Progress> {
         let b = Bar::new(self.quiet);

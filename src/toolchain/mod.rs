@@ -93,7 +93,8 @@ pub struct Unpack {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DebianRootfs {
-    /// The release (`bookworm`); its `-updates` and `-security` suites are used too.
+    /// The release (`bookworm`); its `-updates` and (see `security`) `-security` suites are
+    /// used too.
     pub suite: String,
     /// dpkg architectures: the image's own (the host's) first, then the target's when its
     /// libraries come as multiarch packages (`["amd64", "arm64"]`). A cross toolchain built
@@ -102,6 +103,18 @@ pub struct DebianRootfs {
     /// Packages to install besides Debian's essential and required ones, as apt names them
     /// (`zlib1g-dev:arm64` for a foreign architecture).
     pub packages: Vec<String>,
+    /// Whether the `-security` suite is used (default). Runner images, which only run
+    /// tests, may do without it when a mirror's security index is unusable.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub security: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Why a toolchain could not be loaded, resolved or built.
@@ -277,7 +290,7 @@ impl Toolchain {
         }
         if host_triple(&d.architectures[0]).is_none() {
             return Err(format!(
-                "debian.architectures: the image's own architecture `{}` comes first, and must be amd64, arm64 or i386",
+                "debian.architectures: the image's own architecture `{}` comes first, and must be amd64, arm64, i386 or armhf",
                 d.architectures[0]
             ));
         }
@@ -445,6 +458,8 @@ pub fn host_triple(arch: &str) -> Option<&'static str> {
         "amd64" => "x86_64-linux-gnu",
         "arm64" => "aarch64-linux-gnu",
         "i386" => "i686-linux-gnu",
+        // Only runner images (a target's userland under QEMU) are armhf.
+        "armhf" => "arm-linux-gnueabihf",
         _ => return None,
     })
 }

@@ -81,10 +81,14 @@ impl DebPin {
 }
 
 /// The suites a toolchain's packages come from, preferred first: the release, its
-/// `-updates` and its `-security` suite.
+/// `-updates` and its `-security` suite (unless the toolchain opts out of it).
 pub fn suites(tc: &Toolchain) -> Vec<String> {
     let s = &tc.debian.suite;
-    vec![s.clone(), format!("{s}-updates"), format!("{s}-security")]
+    let mut v = vec![s.clone(), format!("{s}-updates")];
+    if tc.debian.security {
+        v.push(format!("{s}-security"));
+    }
+    v
 }
 
 /// Every `.deb` the root filesystem of `tc` needs ([`base_packages`], the toolchain's

@@ -1,0 +1,233 @@
+//! `wheel-build`, `wheel-dump` and `wheel-json`: the wheel matrix of `wheels/*.toml`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use dockerbuild::build::BuildOptions;
+use dockerbuild::project::RECIPES;
+use dockerbuild::recipe;
+use dockerbuild::wheel::run::{self, Event, Plan};
+use dockerbuild::wheel::{CATALOGUE_FILE, Catalogue, Filter, WHEELS, catalogue};
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::GlobalArgs;
+use super::docker::open;
+use super::output::{self, Bars};
+use super::sources::ensure_locked;
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only this wheel spec (its id, the file stem of wheels/ID.toml, or its PyPI name);
+    /// repeatable [default: every spec marked default]
+    #[arg(long = "wheel", short = 'w', value_name = "ID")]
+    pub wheels: Vec<String>,
+    /// Only this platform (linux-arm64, manylinux-x64, mac-x64, ...); repeatable
+    #[arg(long = "platform", short = 'p', value_name = "P")]
+    pub platforms: Vec<String>,
+    /// Only this CPython version (3.11, 3.13); repeatable
+    #[arg(long = "python", value_name = "VER")]
+    pub pythons: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            wheels: self.wheels.clone(),
+            platforms: self.platforms.clone(),
+            pythons: self.pythons.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WheelBuildArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Builds to run at once [default: the number of CPUs]
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Build the selected wheels again even when the store has them (what they need is
+    /// still looked up)
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Copy the wheels out to DIR under their PEP 427 names
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// When a build fails, keep its scratch directory and say where
+    #[arg(long)]
+    pub keep_failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WheelDumpArgs {
+    /// Fail if wheels/wheels.md is not what the specs give, instead of writing it
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// What `wheel-build --json` prints.
+#[derive(Serialize)]
+struct Report<'a> {
+    wheels: Vec<&'a run::JobResult>,
+    /// Everything the run needed (recipes, dependency wheels), wanted or not.
+    jobs: usize,
+    failed: usize,
+}
+
+pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+    let c = open(g, store_dir)?;
+    let lock = ensure_locked(g, &c.project, &c.store, &c.fetcher, &[])?;
+    let recipes = recipe::load_all(&c.project.root.join(RECIPES))?;
+    let catalogue = Catalogue::load(&c.project)?;
+    let triples = catalogue.triples(&args.filter.filter())?;
+    if triples.is_empty() {
+        bail!("no wheel matches the given --wheel, --platform and --python");
+    }
+    let plan = Plan::new(&catalogue, &recipes, &triples)?;
+    let bars = Bars::new(g.quiet);
+    let bar = |n: &str| bars.bar(n);
+    let lines: Mutex<HashMap<usize, (ProgressBar, Vec<u8>)>> = Mutex::default();
+    let verbose = g.verbose > 0;
+    let events = |e: Event| match e {
+        Event::Started { job, label } => {
+            tracing::info!(label, "starting");
+            lines
+                .lock()
+                .expect("not poisoned")
+                .insert(job, (bars.line(label), Vec::new()));
+        }
+        Event::Log { job, bytes } => {
+            let mut l = lines.lock().expect("not poisoned");
+            let Some((line, partial)) = l.get_mut(&job) else {
+                return;
+            };
+            if verbose {
+                let _ = std::io::stderr().write_all(bytes);
+                return;
+            }
+            for &b in bytes {
+                if b == b'\n' {
+                    line.set_message(String::from_utf8_lossy(partial).into_owned());
+                    partial.clear();
+                } else {
+                    partial.push(b);
+                }
+            }
+        }
+        Event::Finished { job, label, status } => {
+            let line = lines.lock().expect("not poisoned").remove(&job);
+            match line {
+                Some((line, _)) => line.finish_with_message(status.describe()),
+                None => output::status(format!("  {label}: {}", status.describe())),
+            }
+        }
+    };
+    let cx = run::Context {
+        store: &c.store,
+        fetcher: &c.fetcher,
+        project: &c.project,
+        lock: &lock,
+        recipes: &recipes,
+        catalogue: &catalogue,
+        caches: &c.caches,
+        options: BuildOptions {
+            keep_failed: args.keep_failed,
+            rebuild: false,
+        },
+        rebuild: args.rebuild,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        progress: &bar,
+        events: &events,
+    };
+    let started = std::time::Instant::now();
+    let results = run::run(&cx, &plan);
+    super::cache::report_uploads(&c.caches);
+
+    let wanted: Vec<&run::JobResult> = results.iter().filter(|r| r.wanted).collect();
+    let failures: Vec<&run::JobResult> = results.iter().filter(|r| !r.status.ok()).collect();
+    if let Some(dir) = &args.output {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the output directory `{}`", dir.display()))?;
+        for r in &wanted {
+            for w in &r.wheels {
+                let to = dir.join(w.file_name().expect("a file"));
+                // Replace, never write through: an earlier copy may be read-only.
+                let _ = std::fs::remove_file(&to);
+                std::fs::copy(w, &to)
+                    .with_context(|| format!("cannot copy {} to {}", w.display(), to.display()))?;
+            }
+        }
+    }
+    let built = results
+        .iter()
+        .filter(|r| matches!(r.status, run::Status::Built))
+        .count();
+    output::status(format!(
+        "{} wheels ({} jobs): {} built, {} failed, in {:.1}s",
+        wanted.len(),
+        results.len(),
+        built,
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    ));
+    if g.json {
+        output::json(&Report {
+            wheels: wanted.clone(),
+            jobs: results.len(),
+            failed: failures.len(),
+        })?;
+    } else {
+        for r in &wanted {
+            for w in &r.wheels {
+                println!("{}", w.display());
+            }
+        }
+    }
+    if !failures.is_empty() {
+        eprintln!("failed:");
+        for f in &failures {
+            eprintln!("  {}: {}", f.label, f.status.describe());
+        }
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+pub fn dump(args: WheelDumpArgs, g: &GlobalArgs) -> Result<i32> {
+    let project = dockerbuild::project::Project::discover(g.project.as_deref())?;
+    let catalogue = Catalogue::load(&project)?;
+    let text = catalogue::markdown(&catalogue)?;
+    let path = project.root.join(WHEELS).join(CATALOGUE_FILE);
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if args.check {
+        if current != text {
+            bail!(
+                "{} is stale: it does not match wheels/*.toml\nhint: run `dockerbuild wheel-dump` and commit the result",
+                path.display()
+            );
+        }
+        output::status(format!("{} is up to date", path.display()));
+        return Ok(0);
+    }
+    if current != text {
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        output::status(format!("wrote {}", path.display()));
+    } else {
+        output::status(format!("{} is up to date", path.display()));
+    }
+    Ok(0)
+}
+
+pub fn json(args: FilterArgs, g: &GlobalArgs) -> Result<i32> {
+    let project = dockerbuild::project::Project::discover(g.project.as_deref())?;
+    let catalogue = Catalogue::load(&project)?;
+    output::json(&catalogue.triples(&args.filter())?)?;
+    Ok(0)
+}
