@@ -363,6 +363,18 @@ impl Builder<'_> {
                 cached: true,
             });
         }
+        // Another process on this store may be building the same key: wait for it, then
+        // use what it made.
+        let _building = self.store.lock_key(&key)?;
+        if !self.options.rebuild
+            && let Some(entry) = build::find(self.store, &key)?
+        {
+            return Ok(Built {
+                key,
+                entry,
+                cached: true,
+            });
+        }
         if self.engine.get().is_none() {
             let _ = self
                 .engine

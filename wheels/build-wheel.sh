@@ -177,8 +177,9 @@ if platform == "any" and abi != "none":
 extensions = [n for n in files if n.endswith(".so") or ".so." in n]
 for name in extensions:
     data = files[name][0]
-    if data[:4] != b"\x7fELF" or elf(data[:20]) != want:
-        sys.exit(f"build-wheel: {name} is not built for the target (ELF {elf(data[:20]) if data[:4] == b'\x7fELF' else 'none'}, want {want})")
+    got = elf(data[:20]) if data[:4] == b"\x7fELF" else "not ELF"
+    if got != want:
+        sys.exit(f"build-wheel: {name} is not built for the target ({got}, want {want})")
 for module in os.environ.get("WHEEL_EXTENSIONS", "").split():
     stem = module.replace(".", "/") + "."
     if not any(n.startswith(stem) for n in extensions):

@@ -218,6 +218,22 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// Waits until no other process is producing `key`, and holds that claim until the
+    /// returned file is dropped, so two processes on one store never build the same thing
+    /// at once (the second finds the first's output with [`LocalStore::resolve_key`]).
+    pub fn lock_key(&self, key: &Digest) -> Result<File> {
+        let path = self.tmp_dir().join(format!("build-{}.lock", key.to_hex()));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io("create build lock", &path))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| StoreError::io("lock", &path)(e.into()))?;
+        Ok(file)
+    }
+
     /// The entry a key produced, if it is still in the store.
     pub fn resolve_key(&self, key: &Digest) -> Result<Option<Entry>> {
         let path = self.dir.join(".keys").join(key.to_hex());

@@ -119,6 +119,8 @@ pub struct JobResult {
 pub struct Plan {
     pub jobs: Vec<Job>,
     index: HashMap<JobKind, usize>,
+    /// Recipes being planned, to refuse a cycle.
+    visiting: Vec<String>,
 }
 
 impl Plan {
@@ -163,19 +165,37 @@ impl Plan {
                 reason: format!("it needs recipe `{name}`, and recipes/{name}.toml does not exist"),
             });
         };
-        // Recipe-on-recipe dependencies are resolved by the recipe builder itself.
-        let platform = match &r.platform {
+        let on = match &r.platform {
             Some(_) => None,
             None => Some(platform.to_owned()),
         };
-        let label = r.output_name(platform.as_deref().unwrap_or_default());
+        // The recipes it builds on are jobs of their own, so that no two jobs build the
+        // same thing at once (the recipe builder then finds them in the store).
+        if self.visiting.iter().any(|v| v == name) {
+            return Err(WheelError::Invalid {
+                spec: spec.to_owned(),
+                reason: format!(
+                    "recipe `{name}` depends on itself through {}",
+                    self.visiting.join(" -> ")
+                ),
+            });
+        }
+        self.visiting.push(name.to_owned());
+        let mut deps = Vec::new();
+        for input in r.inputs.values() {
+            if let crate::recipe::Input::Recipe(dep) = input {
+                deps.push(self.recipe(recipes, dep, platform, spec)?);
+            }
+        }
+        self.visiting.pop();
+        let label = r.output_name(on.as_deref().unwrap_or_default());
         Ok(self.add(
             JobKind::Recipe {
                 name: name.to_owned(),
-                platform,
+                platform: on,
             },
             label,
-            Vec::new(),
+            deps,
         ))
     }
 
