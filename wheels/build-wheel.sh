@@ -14,6 +14,7 @@
 # and the environment: WHEEL_DIST, WHEEL_VERSION, WHEEL_PLATFORM_TAGS (dot-separated, or
 # `any`), WHEEL_CROSS (non-empty for a cross build), WHEEL_HOST_PLATFORM (sysconfig's name
 # of the target, e.g. linux-aarch64), WHEEL_EXTENSIONS (modules that must be compiled),
+# WHEEL_ABI3 (the Python tag of a stable-ABI wheel, e.g. cp311),
 # plus the toolchain's CC, CXX and CROSS_TRIPLE. No network: build dependencies are only
 # what is mounted. The wheel goes to $DOCKERBUILD_OUT (default /out), retagged for the
 # platform and repacked deterministically (sorted entries, SOURCE_DATE_EPOCH times).
@@ -171,6 +172,17 @@ if platform != "any":
     lines += [f"Tag: {p}-{abi}-{plat}" for p in pyset for plat in platform.split(".")]
     files[f"{info_dir}/WHEEL"] = ("\n".join(lines) + "\n").encode(), files[f"{info_dir}/WHEEL"][1]
     pys = ".".join(pyset)
+if os.environ.get("WHEEL_ABI3"):
+    # The spec says the stable ABI: every extension must be built for it (`.abi3.so`),
+    # and the wheel is tagged for the Python it was built with and every later one.
+    for n in files:
+        if n.endswith(".so") and not n.endswith(".abi3.so"):
+            sys.exit(f"build-wheel: the spec says abi3, but {n} is not built for the stable ABI")
+    pys, abi = os.environ["WHEEL_ABI3"], "abi3"
+    wheel_meta = files[f"{info_dir}/WHEEL"][0].decode()
+    lines = [l for l in wheel_meta.splitlines() if not l.startswith("Tag:")]
+    lines += [f"Tag: {pys}-abi3-{plat}" for plat in platform.split(".")]
+    files[f"{info_dir}/WHEEL"] = ("\n".join(lines) + "\n").encode(), files[f"{info_dir}/WHEEL"][1]
 if platform == "any" and abi != "none":
     sys.exit(f"build-wheel: a universal wheel came out with ABI tag {abi}")
 

@@ -780,6 +780,10 @@ fn wheel_build_spec(
         env.insert("WHEEL_CROSS".into(), "1".into());
         env.insert("WHEEL_HOST_PLATFORM".into(), pf.host_platform());
     }
+    if s.abi3 {
+        let (_, python) = build_target(s, t);
+        env.insert("WHEEL_ABI3".into(), cp_tag(&python));
+    }
     if !s.extensions.is_empty() {
         env.insert("WHEEL_EXTENSIONS".into(), s.extensions.join(" "));
     }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The wheel benchmarks, against baselines measured in the same run:
+#   1. psutil for linux-arm64, cross-compiled by `wheel-build --rebuild` (what it needs
+#      already built) versus built natively in an emulated arm64 container (Debian's own
+#      gcc and Python under QEMU, cibuildwheel's approach, the same sdist): target >= 10x.
+#   2. the whole matrix (`wheel-build`, every default spec, platform and Python), built
+#      from whatever the store lacks, with its log.
+#   3. a no-op `wheel-build` of the whole matrix: wall time next to `dockerbuild --version`,
+#      containers started (Docker events by label: 0), under `unshare -n` (no network).
+# Usage: bench/wheels.sh [--no-matrix]   Needs root, Docker, mmdebstrap and qemu-user.
+# BENCH_STORE picks the store (default target/bench-store).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+bin=$PWD/target/release/dockerbuild
+store=${BENCH_STORE:-$PWD/target/bench-store}
+db() { "$bin" -q --store "$store" --locked "$@"; }
+t() { local s e; s=$(date +%s.%N); "$@" >/dev/null || return 1; e=$(date +%s.%N); echo "$e - $s" | bc; }
+r() { echo "scale=2; $1 / $2" | bc; }
+
+echo "== 1. psutil 5.9.8 for arm64: cross-compiled vs emulated native"
+db wheel-build -w psutil -p linux-arm64 --python 3.11 >/dev/null   # what it needs, once
+cross=$(t db wheel-build -w psutil -p linux-arm64 --python 3.11 --rebuild)
+sdist=$(db store path psutil-5.9.8.tar.gz)
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+cp "$sdist" "$work/psutil.tar.gz"
+db docker-generate -p native-arm64 >/dev/null
+native=$(t db run -p native-arm64 --workdir "$work" -- sh -c \
+  'mkdir -p /tmp/b && tar -xzf psutil.tar.gz -C /tmp/b && cd /tmp/b/psutil-5.9.8 &&
+   python3 -c "import setuptools.build_meta as b; print(b.build_wheel(\"/tmp/dist\"))"')
+echo "cross (wheel-build --rebuild): ${cross}s   emulated native: ${native}s"
+echo "ratio emulated / cross: $(r "$native" "$cross")   (target >= 10)"
+
+if [ "${1:-}" != --no-matrix ]; then
+  echo "== 2. the whole matrix"
+  db wheel-json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)), "wheels in the matrix")'
+  s=$(date +%s.%N)
+  "$bin" --store "$store" --locked wheel-build -o "$work/dist" 2>&1 | tail -n 60 || true
+  echo "matrix: $(echo "$(date +%s.%N) - $s" | bc)s"
+fi
+
+echo "== 3. a no-op wheel-build of the whole matrix"
+db wheel-build -o "$work/dist" >/dev/null
+version=$(t "$bin" --version)
+since=$(date +%s)
+noop=$(t unshare -n "$bin" -q --store "$store" --locked wheel-build -o "$work/dist")
+started=$(docker events --since "$since" --until "$(date +%s)" \
+  --filter label=org.dockerbuild.managed=true --filter event=start | wc -l)
+echo "no-op wheel-build (under unshare -n): ${noop}s   dockerbuild --version: ${version}s"
+echo "ratio no-op / --version: $(r "$noop" "$version")   containers started: $started"
