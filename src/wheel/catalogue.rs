@@ -35,7 +35,7 @@ pub fn markdown(c: &Catalogue) -> Result<String> {
         if specs.is_empty() {
             continue;
         }
-        specs.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        specs.sort_by_key(|a| a.name.to_lowercase());
         let _ = writeln!(out, "## {}\n", kind.as_str());
         out.push_str("| id | wheel | version | Python | built on | prebuilt | needs |\n");
         out.push_str("|---|---|---|---|---|---|---|\n");
