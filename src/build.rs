@@ -111,7 +111,13 @@ pub struct Built {
 
 /// The build's key: everything that can change its output.
 pub fn key(spec: &BuildSpec, image: &Image) -> Digest {
-    let json = serde_json::to_vec(&(KEY_VERSION, image.key, spec)).expect("key serializes");
+    key_for(spec, &image.key)
+}
+
+/// The build's key given only its image's key ([`crate::image::image_key`]), so that a
+/// build already done needs no image.
+pub fn key_for(spec: &BuildSpec, image_key: &Digest) -> Digest {
+    let json = serde_json::to_vec(&(KEY_VERSION, image_key, spec)).expect("key serializes");
     Digest::of(&json)
 }
 

@@ -124,6 +124,43 @@ pub fn generate(
     caches: &Caches,
     progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
 ) -> Result<Image, ImageError> {
+    let (tc, debs, unpacks, key) = resolve(project, lock, platform)?;
+    if let Some(e) = store.resolve_key(&key)? {
+        caches.offer(&key, &e)?;
+        return Ok(Image {
+            platform: platform.to_owned(),
+            id: e.meta.version.clone().unwrap_or_default(),
+            key,
+            entry: e.path,
+            cached: true,
+        });
+    }
+    // One generation per image at a time, across threads and processes: who waited
+    // finds the other's result.
+    let _generating = store.lock_key(&key)?;
+    generate_locked(
+        store, fetcher, platform, caches, progress, tc, debs, unpacks, key,
+    )
+}
+
+/// The key of a platform's image (what [`generate`] would make), from the lockfile
+/// alone: builds are keyed by it, so a build whose output is known needs no image.
+pub fn image_key(project: &Project, lock: &Lockfile, platform: &str) -> Result<Digest, ImageError> {
+    Ok(resolve(project, lock, platform)?.3)
+}
+
+type Resolved<'a> = (
+    &'a Toolchain,
+    Vec<&'a crate::lock::LockedSource>,
+    Vec<(&'a crate::toolchain::Unpack, &'a crate::lock::LockedSource)>,
+    Digest,
+);
+
+fn resolve<'a>(
+    project: &'a Project,
+    lock: &'a Lockfile,
+    platform: &str,
+) -> Result<Resolved<'a>, ImageError> {
     let tc = toolchain(project, platform)?;
     let locked = lock
         .toolchain(platform)
@@ -154,6 +191,26 @@ pub fn generate(
         .chain(unpacks.iter().map(|(_, p)| p.blake3))
         .collect();
     let key = key(tc, &digests);
+    Ok((tc, debs, unpacks, key))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate_locked(
+    store: &LocalStore,
+    fetcher: &Fetcher,
+    platform: &str,
+    caches: &Caches,
+    progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
+    tc: &Toolchain,
+    debs: Vec<&crate::lock::LockedSource>,
+    unpacks: Vec<(&crate::toolchain::Unpack, &crate::lock::LockedSource)>,
+    key: Digest,
+) -> Result<Image, ImageError> {
+    let digests: Vec<Digest> = debs
+        .iter()
+        .map(|d| d.blake3)
+        .chain(unpacks.iter().map(|(_, p)| p.blake3))
+        .collect();
     if let Some(e) = store.resolve_key(&key)? {
         caches.offer(&key, &e)?;
         return Ok(Image {

@@ -35,7 +35,7 @@ use crate::lock::Lockfile;
 use crate::progress::Progress;
 use crate::project::{self, Project};
 use crate::source::{Fetcher, SourceError};
-use crate::store::{Kind, LocalStore, StoreError, validate_name};
+use crate::store::{Kind, LocalStore, Store, StoreError, validate_name};
 
 /// One recipe file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,22 +320,30 @@ impl Builder<'_> {
                 name: recipe.to_owned(),
                 source_name: source.to_owned(),
             })?;
-        project::fetch_one(self.store, self.fetcher, pin, self.progress)?;
+        // Only the pinned digest goes into the key: the file is fetched when a build
+        // actually needs it (see `fetch_inputs`), not when its output is a lookup.
         Ok(pin.blake3)
+    }
+
+    /// Fetches the inputs of `spec` that are locked sources missing from the store.
+    fn fetch_inputs(&self, spec: &BuildSpec) -> Result<()> {
+        for digest in spec.inputs.values() {
+            if self.store.get(digest)?.is_some() {
+                continue;
+            }
+            if let Some(pin) = self.lock.sources.iter().find(|p| p.blake3 == *digest) {
+                project::fetch_one(self.store, self.fetcher, pin, self.progress)?;
+            }
+        }
+        Ok(())
     }
 
     /// Runs a build (or finds its output), generating its image first when needed.
     pub fn run(&mut self, spec: &BuildSpec) -> Result<Built> {
-        let img = image::generate(
-            self.store,
-            self.fetcher,
-            self.project,
-            self.lock,
-            &spec.platform,
-            self.caches,
-            self.progress,
-        )?;
-        let key = build::key(spec, &img);
+        let key = build::key_for(
+            spec,
+            &image::image_key(self.project, self.lock, &spec.platform)?,
+        );
         let found = match self.options.rebuild {
             true => None,
             false => build::find(self.store, &key)?,
@@ -375,6 +383,17 @@ impl Builder<'_> {
                 cached: true,
             });
         }
+        let img = image::generate(
+            self.store,
+            self.fetcher,
+            self.project,
+            self.lock,
+            &spec.platform,
+            self.caches,
+            self.progress,
+        )?;
+        debug_assert_eq!(build::key(spec, &img), key);
+        self.fetch_inputs(spec)?;
         if self.engine.get().is_none() {
             let _ = self
                 .engine

@@ -491,3 +491,70 @@ fn armv6_wheels_are_armv6_and_import_on_armhf() {
         "_speedups.cpython-311-arm-linux-gnueabihf.so &amp;"
     );
 }
+
+/// What one store built and uploaded, an empty store substitutes from a `file://` cache:
+/// the same wheel bytes, no container started, and no toolchain image or source fetched
+/// (keys follow from the lockfile, so only the entries themselves are downloaded).
+#[test]
+fn wheels_are_substituted_from_a_file_cache_into_an_empty_store() {
+    if !ready() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", cache.path().display());
+    let args = ["-w", "markupsafe", "-p", "linux-arm64", "--python", "3.11"];
+    let run = |store: &Path, out: &Path, upload: bool| {
+        let mut c = dockerbuild(store, &repo());
+        c.args(["--json", "--cache", &url]);
+        if upload {
+            c.arg("--upload");
+        }
+        let o = c
+            .args(["wheel-build", "-o"])
+            .arg(out)
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&o, &format!("wheel-build (upload: {upload})"));
+    };
+    let first = tempfile::tempdir().unwrap();
+    run(&shared_store(), first.path(), true);
+    let since = chrono_now();
+    let fresh = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let store = fresh.path().join("store");
+    run(&store, second.path(), false);
+    let name = "MarkupSafe-2.1.5-cp311-cp311-linux_aarch64";
+    let a = std::fs::read(wheel_named(first.path(), name)).unwrap();
+    let b = std::fs::read(wheel_named(second.path(), name)).unwrap();
+    assert!(a == b, "identical wheel bytes");
+    let events = Command::new("docker")
+        .args(["events", "--since", &since, "--until", &chrono_now()])
+        .args([
+            "--filter",
+            "label=org.dockerbuild.managed=true",
+            "--filter",
+            "event=start",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&events.stdout).trim(),
+        "",
+        "no container started"
+    );
+    let ls = dockerbuild(&store, &repo())
+        .args(["store", "ls"])
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        ls.contains("wheel-markupsafe-2.1.5-linux-arm64-cp311"),
+        "{ls}"
+    );
+    assert!(!ls.contains("image-"), "no toolchain image: {ls}");
+    assert!(
+        !ls.contains(".tar.gz") && !ls.contains(".orig.tar"),
+        "no source: {ls}"
+    );
+}

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 
 use serde::Serialize;
 
@@ -13,7 +13,6 @@ use super::{Catalogue, Dep, How, Platform, Triple, WheelError, WheelSpec, cp_tag
 use crate::build::{BuildOptions, BuildSpec};
 use crate::cache::Caches;
 use crate::digest::Digest;
-use crate::image;
 use crate::lock::Lockfile;
 use crate::progress::{Progress, Silent};
 use crate::project::{self, Project};
@@ -366,8 +365,6 @@ pub fn run(cx: &Context, plan: &Plan) -> Vec<JobResult> {
         running: 0,
     });
     let changed = Condvar::new();
-    // One image generation per platform at a time.
-    let images: Mutex<HashMap<String, Arc<Mutex<()>>>> = Mutex::default();
     std::thread::scope(|scope| {
         for _ in 0..cx.jobs.max(1) {
             scope.spawn(|| {
@@ -430,7 +427,7 @@ pub fn run(cx: &Context, plan: &Plan) -> Vec<JobResult> {
                         job: i,
                         label: &job.label,
                     });
-                    let result = match run_job(cx, i, job, &deps, &images) {
+                    let result = match run_job(cx, i, job, &deps) {
                         Ok(r) => r,
                         Err(e) => empty_result(
                             job,
@@ -497,32 +494,7 @@ fn empty_result(job: &Job, status: Status) -> JobResult {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn run_job(
-    cx: &Context,
-    i: usize,
-    job: &Job,
-    deps: &[JobResult],
-    images: &Mutex<HashMap<String, Arc<Mutex<()>>>>,
-) -> Result<JobResult, BoxError> {
-    let generate = |platform: &str| -> Result<(), BoxError> {
-        let lock = images
-            .lock()
-            .expect("not poisoned")
-            .entry(platform.to_owned())
-            .or_default()
-            .clone();
-        let _held = lock.lock().expect("not poisoned");
-        image::generate(
-            cx.store,
-            cx.fetcher,
-            cx.project,
-            cx.lock,
-            platform,
-            cx.caches,
-            cx.progress,
-        )?;
-        Ok(())
-    };
+fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobResult, BoxError> {
     let mut on_start = |_: &str| {};
     let mut on_output = |bytes: &[u8]| (cx.events)(Event::Log { job: i, bytes });
     let mut builder = Builder {
@@ -541,17 +513,6 @@ fn run_job(
     let mut result = empty_result(job, Status::Built);
     match &job.kind {
         JobKind::Recipe { name, platform } => {
-            let (r, _) = cx
-                .recipes
-                .iter()
-                .find(|(r, _)| &r.name == name)
-                .expect("planned from the recipes");
-            generate(
-                r.platform
-                    .as_deref()
-                    .or(platform.as_deref())
-                    .unwrap_or_default(),
-            )?;
             let spec = builder.spec(name, platform.as_deref())?;
             let built = builder.run(&spec)?;
             result.status = if built.cached {
@@ -569,8 +530,6 @@ fn run_job(
                 How::Download | How::Prebuilt => local_wheel(cx, s, t, None)?,
                 How::Members => local_wheel(cx, s, t, Some(deps))?,
                 How::Build => {
-                    let (platform, _) = build_target(s, t);
-                    generate(&platform)?;
                     let spec = wheel_build_spec(cx, s, t, &job.deps, deps)?;
                     if cx.rebuild && job.wanted {
                         builder.options.rebuild = true;
@@ -715,7 +674,7 @@ fn wheel_build_spec(
         let pin = cx.lock.get(name).ok_or_else(|| {
             format!("source `{name}` is not in the lockfile (run `dockerbuild lock`)")
         })?;
-        project::fetch_one(cx.store, cx.fetcher, pin, cx.progress)?;
+        // The build fetches it if it runs; a lookup needs only the digest.
         Ok(pin.blake3)
     };
     inputs.insert(
