@@ -3,6 +3,8 @@
 
 #[path = "support/cipd_fake.rs"]
 mod cipd_fake;
+#[path = "support/cipd_options.rs"]
+mod cipd_options;
 mod common;
 
 use dockerbuild::cache::{self, Cache, CacheError};
@@ -161,29 +163,6 @@ fn file_cache_conforms() {
     file_faults(&dir.path().join("faults"));
 }
 
-/// Options that keep the CIPD tests fast: millisecond backoffs and polls, small chunks
-/// (so uploads take several), the fake's writer token.
-pub fn fast_cipd_options() -> cache::cipd::CipdOptions {
-    use std::time::Duration;
-    let ms = Duration::from_millis;
-    cache::cipd::CipdOptions {
-        token: Some(cipd_fake::WRITER_TOKEN.to_owned()),
-        retry: cache::cipd::prpc::Retry {
-            retries: 4,
-            backoff: ms(5),
-            max_backoff: ms(20),
-        },
-        chunk: 256,
-        poll: ms(2),
-        poll_step: ms(1),
-        poll_max: ms(10),
-        poll_timeout: Duration::from_secs(5),
-        processing_timeout: Duration::from_secs(5),
-        processing_interval: ms(5),
-        timeout: Duration::from_secs(10),
-    }
-}
-
 /// The suite against the `cipd://` backend and a fake CIPD server written from the
 /// protocol notes (not the real service), which verifies uploads in two polls and keeps
 /// each new instance "processing" for two AttachTags rounds.
@@ -193,7 +172,7 @@ fn cipd_cache_conforms_against_the_fake() {
     fake.set_verify_polls(2);
     fake.set_processing_rounds(2);
     let url = fake.url("dockerbuild/cache");
-    conformance(&|| Box::new(cache::CipdCache::open_with(&url, fast_cipd_options()).unwrap()));
+    conformance(&|| Box::new(cache::CipdCache::open_with(&url, cipd_options::fast()).unwrap()));
     // The flow the notes describe: register, chunked resumable upload, FinishUpload polled
     // through VERIFYING, register again, tags once processing is over.
     let log = fake.log();

@@ -82,3 +82,305 @@ fn the_fake_speaks_prpc_as_the_notes_describe() {
     );
     assert_eq!((status, code), (502, None));
 }
+
+// ---------------------------------------------------------------------------------------
+// The client against injected faults: each either heals by retrying, or fails naming the
+// cache and the thing, leaving the store as it was.
+
+#[path = "support/cipd_options.rs"]
+mod cipd_options;
+mod common;
+
+use dockerbuild::cache::{self, Cache, CacheError, CipdCache};
+use dockerbuild::digest::Digest;
+use dockerbuild::progress::Silent;
+use dockerbuild::signing::SecretKey;
+use dockerbuild::store::{Entry, Kind, LocalStore, NewEntry, Store};
+
+struct Setup {
+    fake: FakeCipd,
+    url: String,
+    key: Digest,
+    entry: Entry,
+    dir: tempfile::TempDir,
+    _src: LocalStore,
+}
+
+impl Setup {
+    /// A fake holding one pushed entry under `key`.
+    fn new() -> Setup {
+        let fake = FakeCipd::start();
+        let url = fake.url("team/cache");
+        let dir = tempfile::tempdir().unwrap();
+        let src = LocalStore::open(&dir.path().join("src")).unwrap();
+        let tree = dir.path().join("tree");
+        for i in 0..12 {
+            common::write(
+                &tree.join(format!("f{i}")),
+                format!("victim {i}").repeat(200 + i).as_bytes(),
+            );
+        }
+        let entry = src
+            .add_path(&tree, &NewEntry::new("victim", Kind::Output), &Silent)
+            .unwrap();
+        let key = Digest::of(b"fault key");
+        let s = Setup {
+            fake,
+            url,
+            key,
+            entry,
+            dir,
+            _src: src,
+        };
+        cache::upload(&s.cache(), &key, &s.entry, None).unwrap();
+        s
+    }
+
+    fn cache(&self) -> CipdCache {
+        CipdCache::open_with(&self.url, cipd_options::fast()).unwrap()
+    }
+
+    fn anonymous(&self) -> CipdCache {
+        let mut o = cipd_options::fast();
+        o.token = None;
+        CipdCache::open_with(&self.url, o).unwrap()
+    }
+
+    fn store(&self, name: &str) -> LocalStore {
+        LocalStore::open(&self.dir.path().join(name)).unwrap()
+    }
+
+    /// Substitutes the key into a fresh store.
+    fn substitute(
+        &self,
+        name: &str,
+    ) -> (Result<Option<cache::Substituted>, CacheError>, LocalStore) {
+        let store = self.store(name);
+        let caches: Vec<Box<dyn Cache>> = vec![Box::new(self.cache())];
+        (
+            cache::substitute(&caches, &store, &self.key, &[], &Silent),
+            store,
+        )
+    }
+
+    /// Substitution fails naming the cache and `needles`; the store stays empty.
+    fn fails(&self, name: &str, needles: &[&str]) -> String {
+        let (r, store) = self.substitute(name);
+        let msg = r.expect_err("the substitution fails").to_string();
+        assert!(msg.contains(&self.url), "{name}: names the cache: {msg}");
+        for n in needles {
+            assert!(msg.contains(n), "{name}: mentions `{n}`: {msg}");
+        }
+        assert!(
+            store.list().unwrap().is_empty(),
+            "{name}: nothing entered the store"
+        );
+        msg
+    }
+
+    fn heals(&self, name: &str) {
+        let (r, _) = self.substitute(name);
+        let got = r.unwrap().expect("a hit");
+        assert_eq!(got.entry.meta.digest, self.entry.meta.digest, "{name}");
+    }
+}
+
+#[test]
+fn transient_5xx_and_429_are_retried_then_reported() {
+    let s = Setup::new();
+    s.fake.fault("ResolveVersion", Fault::Http(503), 2);
+    s.fake.fault(
+        "GetInstanceURL",
+        Fault::Grpc(cipd_fake::UNAVAILABLE, "try later"),
+        1,
+    );
+    s.fake.fault("download", Fault::Http(500), 1);
+    s.fake.fault(
+        "ResolveVersion",
+        Fault::Grpc(cipd_fake::RESOURCE_EXHAUSTED, "slow down"),
+        1,
+    );
+    s.heals("retried");
+
+    s.fake.fault("ResolveVersion", Fault::Http(502), 100);
+    let msg = s.fails(
+        "5xx",
+        &["HTTP 502", "dockerbuild_key:", "team/cache/v1/claims"],
+    );
+    assert!(msg.contains("hint:"), "{msg}");
+    s.fake.clear_faults();
+    s.fake.fault(
+        "ResolveVersion",
+        Fault::Grpc(cipd_fake::RESOURCE_EXHAUSTED, "quota"),
+        100,
+    );
+    s.fails("429", &["RESOURCE_EXHAUSTED", "quota"]);
+    s.fake.clear_faults();
+    // A proxy's 4xx without the gRPC header is not retried.
+    s.fake.fault("ResolveVersion", Fault::Http(403), 1);
+    s.fails("proxy-403", &["HTTP 403 without a gRPC code"]);
+    s.heals("after");
+}
+
+#[test]
+fn truncated_and_altered_downloads_are_refused() {
+    let s = Setup::new();
+    // A truncated download is retried from the start.
+    s.fake.fault("download", Fault::Truncate, 1);
+    s.heals("truncated-once");
+    s.fake.fault("download", Fault::Truncate, 100);
+    s.fails("truncated", &["download instance", "team/cache/v1/claims"]);
+    s.fake.clear_faults();
+    // Altered bytes do not hash to the instance ID.
+    s.fake.fault("download", Fault::WrongBytes, 1);
+    s.fails("altered-claim", &["not to the instance ID", "v1/claims"]);
+    // The entry's instance replaced in storage: caught by the instance ID before the
+    // store sees a byte.
+    let hex = s.fake.instances("team/cache/v1/entries")[0].hex.clone();
+    let good = s.fake.blob(&hex).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len() / 2;
+    bad[n] ^= 1;
+    s.fake.replace_blob(&hex, bad);
+    s.fails("rotten-entry", &["not to the instance ID", "v1/entries"]);
+    s.fake.replace_blob(&hex, good);
+    s.heals("restored");
+}
+
+#[test]
+fn an_ambiguous_tag_is_an_error_naming_it() {
+    let s = Setup::new();
+    let tag = format!("dockerbuild_key:{}", s.key.to_hex());
+    s.fake
+        .add_instance("team/cache/v1/claims", b"another claim", &[&tag]);
+    s.fails("ambiguous", &["FAILED_PRECONDITION", &tag, "ambiguity"]);
+}
+
+#[test]
+fn uploads_resume_and_wait_for_verification_and_processing() {
+    let s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let src = LocalStore::open(dir.path()).unwrap();
+    let tree = dir.path().join("t");
+    common::write(
+        &tree.join("big"),
+        &(0..20_000u32)
+            .flat_map(|i| i.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let e = src
+        .add_path(&tree, &NewEntry::new("resumed", Kind::Output), &Silent)
+        .unwrap();
+    s.fake.fault("upload", Fault::Http(503), 2);
+    s.fake.fault(
+        "RegisterInstance",
+        Fault::Grpc(cipd_fake::INTERNAL, "oops"),
+        1,
+    );
+    s.fake.set_verify_polls(3);
+    s.fake.set_processing_rounds(3);
+    let key = Digest::of(b"resumed key");
+    cache::upload(&s.cache(), &key, &e, None).unwrap();
+    assert!(
+        s.fake
+            .log()
+            .iter()
+            .any(|l| l.starts_with("upload bytes */")),
+        "asked where to resume: {:?}",
+        s.fake.log()
+    );
+    assert_eq!(
+        s.cache().lookup(&key).unwrap().unwrap().digest,
+        e.meta.digest
+    );
+
+    // Still processing past the deadline: a clear error; the bytes are there, so a later
+    // push only tags.
+    let mut o = cipd_options::fast();
+    o.processing_timeout = std::time::Duration::from_millis(30);
+    s.fake.set_processing_rounds(1000);
+    let key2 = Digest::of(b"slow key");
+    let slow = CipdCache::open_with(&s.url, o).unwrap();
+    let msg = cache::upload(&slow, &key2, &e, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("still being processed") && msg.contains(&s.url),
+        "{msg}"
+    );
+    assert!(
+        s.cache().lookup(&key2).unwrap().is_none(),
+        "no claim was published"
+    );
+
+    // Bytes altered on the way up: the service's verification refuses them.
+    s.fake.set_processing_rounds(0);
+    let other = src
+        .add_path(
+            &tree.join("big"),
+            &NewEntry::new("mangled", Kind::Output),
+            &Silent,
+        )
+        .unwrap();
+    s.fake.fault("upload", Fault::WrongBytes, 1);
+    let msg = cache::upload(&s.cache(), &Digest::of(b"k3"), &other, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("ERRORED") && msg.contains("hash mismatch"),
+        "{msg}"
+    );
+    assert!(!s.cache().has_entry(&other.meta.digest).unwrap());
+}
+
+#[test]
+fn permission_denied_says_how_to_authenticate() {
+    let s = Setup::new();
+    // Anonymous writes are refused, with a hint naming the token variable.
+    let key = Digest::of(b"anonymous push");
+    let msg = cache::upload(&s.anonymous(), &key, &s.entry, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("PERMISSION_DENIED") && msg.contains("DOCKERBUILD_CIPD_TOKEN"),
+        "{msg}"
+    );
+    assert!(msg.contains(&s.url), "{msg}");
+    // Anonymous reads work until the prefix is private.
+    assert!(s.anonymous().lookup(&s.key).unwrap().is_some());
+    s.fake.set_anonymous_read(false);
+    let store = s.store("private");
+    let caches: Vec<Box<dyn Cache>> = vec![Box::new(s.anonymous())];
+    let msg = cache::substitute(&caches, &store, &s.key, &[], &Silent)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("not visible to unauthenticated callers"),
+        "{msg}"
+    );
+    assert!(msg.contains("DOCKERBUILD_CIPD_TOKEN"), "{msg}");
+    assert!(store.list().unwrap().is_empty());
+    // A bad token is UNAUTHENTICATED.
+    let mut o = cipd_options::fast();
+    o.token = Some("expired".into());
+    let msg = CipdCache::open_with(&s.url, o)
+        .unwrap()
+        .lookup(&s.key)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("UNAUTHENTICATED"), "{msg}");
+}
+
+#[test]
+fn a_key_keeps_its_first_claim() {
+    let s = Setup::new();
+    let signer = SecretKey::generate("other").unwrap();
+    let msg = cache::upload(&s.cache(), &s.key, &s.entry, Some(&signer))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("different claim") && msg.contains(&s.url),
+        "{msg}"
+    );
+}

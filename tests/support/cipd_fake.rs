@@ -48,7 +48,8 @@ pub enum Fault {
     Grpc(u32, &'static str),
     /// (download) Announce the full length, send half, close.
     Truncate,
-    /// (download) Serve the body with one byte changed.
+    /// (download) Serve the body with one byte changed; (upload) store the chunk with one
+    /// byte changed.
     WrongBytes,
 }
 
@@ -659,10 +660,22 @@ fn route(req: &Request, st: &Mutex<State>) -> Response {
                 .cloned()
                 .unwrap_or_default()
         ));
-        if let Some(f) = take_fault(&mut s, "upload") {
-            return fault_response(f);
-        }
-        return upload(&mut s, req, token);
+        return match take_fault(&mut s, "upload") {
+            Some(Fault::WrongBytes) => {
+                let mut altered = Request {
+                    method: req.method.clone(),
+                    path: req.path.clone(),
+                    headers: req.headers.clone(),
+                    body: req.body.clone(),
+                };
+                if let Some(x) = altered.body.get_mut(0) {
+                    *x ^= 0xff;
+                }
+                upload(&mut s, &altered, token)
+            }
+            Some(f) => fault_response(f),
+            None => upload(&mut s, req, token),
+        };
     }
     if let Some(token) = path.strip_prefix("/gcs/") {
         s.log.push(format!(
