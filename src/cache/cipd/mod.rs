@@ -569,6 +569,26 @@ impl CipdCache {
         }
     }
 
+    /// Resolves `version` (a ref, tag or instance ID) of any `package` and downloads it,
+    /// checked against its instance ID; returns the ID and the size. (The live smoke test
+    /// uses it on a public package.)
+    pub fn fetch_instance(&self, package: &str, version: &str) -> Result<(String, u64)> {
+        let r = self
+            .resolve(package, version)?
+            .ok_or_else(|| CacheError::Rpc {
+                cache: self.url.clone(),
+                action: format!("resolve `{version}` in package `{package}`"),
+                reason: "not found".into(),
+                hint: String::new(),
+            })?;
+        let f = self.download(package, &r)?;
+        let size = f
+            .metadata()
+            .map_err(self.io(format!("read the size of the download of `{package}`")))?
+            .len();
+        Ok((instance_id(&r), size))
+    }
+
     fn new_temp(&self) -> Result<File> {
         tempfile::tempfile().map_err(self.io("create a temporary file".into()))
     }

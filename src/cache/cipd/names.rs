@@ -179,6 +179,46 @@ impl Pin {
     }
 }
 
+/// Splits `NAME...=VERSION[=INSTANCE_ID]` into the part before the first `=` and a pin
+/// whose package is filled in by `package`.
+fn pin_with(
+    spec: &str,
+    package: impl FnOnce(&str) -> Result<String, NameError>,
+) -> Result<Pin, NameError> {
+    let (head, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| NameError::Version(spec.to_owned()))?;
+    let (version, iid) = match rest.rsplit_once('=') {
+        Some((v, iid)) if InstanceId::parse(iid, false).is_ok() => (v, Some(iid.to_owned())),
+        _ => (rest, None),
+    };
+    Ok(Pin {
+        package: package(head.trim())?,
+        version: version_tag(version.trim())?,
+        instance_id: iid,
+    })
+}
+
+impl Pin {
+    /// A wheel: `NAME=VERSION[=IID]` (universal, `<name>-py3`) or
+    /// `NAME/PLATFORM_ABI=VERSION[=IID]` (e.g. `numpy/linux-amd64_cp311_cp311=1.26.4`),
+    /// pinned at `version:VERSION`.
+    pub fn wheel(spec: &str) -> Result<Pin, NameError> {
+        pin_with(spec, |head| match head.split_once('/') {
+            Some((name, plat_abi)) => {
+                let p = format!("infra/python/wheels/{}/{plat_abi}", normalize(name)?);
+                checked(p)
+            }
+            None => universal_wheel_package(head),
+        })
+    }
+
+    /// A source: `NAME=VERSION[=IID]`, pinned at `version:VERSION`.
+    pub fn source(spec: &str) -> Result<Pin, NameError> {
+        pin_with(spec, source_package)
+    }
+}
+
 /// An ensure file for `pins` (in the order given); with `versions_file`, it points at it
 /// with `$ResolvedVersions` (settings come before package lines).
 pub fn ensure_file(pins: &[Pin], versions_file: Option<&str>) -> String {
@@ -308,6 +348,21 @@ mod tests {
             Err(NameError::NoInstanceId { .. })
         ));
         assert!(Pin::parse("a/b").is_err());
+        let w = Pin::wheel(&format!("NumPy/linux-amd64_cp311_cp311=1.26.4={IID}")).unwrap();
+        assert_eq!(
+            w.package,
+            "infra/python/wheels/numpy/linux-amd64_cp311_cp311"
+        );
+        assert_eq!(w.version, "version:1.26.4");
+        assert_eq!(w.instance_id.as_deref(), Some(IID));
+        let u = Pin::wheel("six=1.16.0").unwrap();
+        assert_eq!(
+            (u.package.as_str(), u.instance_id),
+            ("infra/python/wheels/six-py3", None)
+        );
+        let src = Pin::source("zlib=1.3.1").unwrap();
+        assert_eq!(src.package, "infra/third_party/source/zlib");
+        assert!(Pin::wheel("six").is_err() && Pin::wheel("six/Linux=1").is_err());
         assert!(Pin::parse("a/b=not a version!").is_err());
     }
 }
