@@ -363,6 +363,10 @@ mod tests {
             assert_eq!(f.unix_mode(), Some(0o100400), "{:?}", f.name());
             assert_eq!(f.external_attributes() & 0xffff, 0x01, "read-only bit");
             assert_eq!(f.compression(), zip::CompressionMethod::Stored);
+            assert!(
+                f.extra_data().is_none_or(|d| d.is_empty()),
+                "no extra fields"
+            );
         }
         let mut text = String::new();
         zip.by_name(MANIFEST)
