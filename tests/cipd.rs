@@ -7,15 +7,27 @@ mod cipd_fake;
 use cipd_fake::{FakeCipd, Fault};
 
 fn post(fake: &FakeCipd, method: &str, ct: &str, body: &[u8]) -> (u16, Option<String>, Vec<u8>) {
+    post_as(fake, method, ct, body, None)
+}
+
+fn post_as(
+    fake: &FakeCipd,
+    method: &str,
+    ct: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> (u16, Option<String>, Vec<u8>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let mut resp = agent
+    let mut req = agent
         .post(format!("{}/prpc/{method}", fake.base))
-        .header("Content-Type", ct)
-        .send(body)
-        .unwrap();
+        .header("Content-Type", ct);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req.send(body).unwrap();
     let code = resp
         .headers()
         .get("X-Prpc-Grpc-Code")
@@ -69,6 +81,59 @@ fn the_fake_speaks_prpc_as_the_notes_describe() {
     // Instance{1: package, 2: ObjectRef{1: 2 (SHA256), 2: hex}, 3: registered_by}
     assert_eq!(&body[..7], &[0x0a, 5, b'a', b'/', b'p', b'k', b'g']);
     assert_eq!(&body[7..11], &[0x12, 68, 0x08, 2]);
+
+    // RegisterInstance in JSON: enum names, camelCase, the operation bound to its caller.
+    let hex = "07bafbe63a0e7c57c572aedf1c228022b537e28785013d7be017fc78731a8cc5";
+    let reg = format!(r#"{{"package":"a/new","instance":{{"hash_algo":2,"hex_digest":"{hex}"}}}}"#);
+    let (status, code, body) = post(
+        &fake,
+        "cipd.Repository/RegisterInstance",
+        "application/json",
+        reg.as_bytes(),
+    );
+    assert_eq!(
+        (status, code.as_deref()),
+        (403, Some("7")),
+        "anonymous writes are refused"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("not allowed to write"));
+    let (status, _, body) = post_as(
+        &fake,
+        "cipd.Repository/RegisterInstance",
+        "application/json",
+        reg.as_bytes(),
+        Some(cipd_fake::WRITER_TOKEN),
+    );
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
+    assert_eq!(v["status"], "NOT_UPLOADED");
+    assert_eq!(v["uploadOp"]["status"], "UPLOADING");
+    let op = v["uploadOp"]["operationId"].as_str().unwrap().to_owned();
+    let finish = format!(r#"{{"uploadOperationId":"{op}"}}"#);
+    for (token, want) in [
+        (Some(cipd_fake::READER_TOKEN), Some("5")),
+        (None, Some("5")),
+    ] {
+        let (_, code, body) = post_as(
+            &fake,
+            "cipd.Storage/FinishUpload",
+            "application/json",
+            finish.as_bytes(),
+            token,
+        );
+        assert_eq!(code.as_deref(), want, "{}", String::from_utf8_lossy(&body));
+    }
+    // Nothing was uploaded: the first poll errs the operation.
+    let (_, _, body) = post_as(
+        &fake,
+        "cipd.Storage/FinishUpload",
+        "application/json",
+        finish.as_bytes(),
+        Some(cipd_fake::WRITER_TOKEN),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
+    assert_eq!(v["status"], "ERRORED");
+    assert_eq!(v["errorMessage"], "upload not finished");
 
     let (status, code, _) = post(&fake, "cipd.Repository/Nope", "application/json", b"{}");
     assert_eq!((status, code.as_deref()), (501, Some("12")));
@@ -370,6 +435,27 @@ fn permission_denied_says_how_to_authenticate() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("UNAUTHENTICATED"), "{msg}");
+}
+
+#[test]
+fn a_failed_processor_is_reported() {
+    let s = Setup::new();
+    s.fake.fault(
+        "AttachTags",
+        Fault::Grpc(10, "processor failed: broken instance"),
+        1,
+    );
+    let msg = cache::upload(&s.cache(), &Digest::of(b"k"), &s.entry, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("ABORTED") && msg.contains("broken instance"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("tag instance") && msg.contains(&s.url),
+        "{msg}"
+    );
 }
 
 #[test]
