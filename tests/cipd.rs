@@ -566,3 +566,45 @@ fn fetch_instance_resolves_a_ref_anonymously_on_the_fake() {
             .is_err()
     );
 }
+
+/// The token can come from the config's `cipd-token-file`; an unreadable one is an error
+/// naming the file.
+#[test]
+fn the_token_file_from_config_authenticates_pushes() {
+    if std::env::var_os("DOCKERBUILD_CIPD_TOKEN").is_some() {
+        eprintln!("skipped: DOCKERBUILD_CIPD_TOKEN is set and takes precedence");
+        return;
+    }
+    let fake = FakeCipd::start();
+    let url = fake.url("team/cache");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{}\n", cipd_fake::WRITER_TOKEN)).unwrap();
+    let config = dockerbuild::config::Config {
+        cipd_token_file: Some(token),
+        ..Default::default()
+    };
+    let c = cache::open_with_config(&url, &config).unwrap();
+    let store = LocalStore::open(&dir.path().join("s")).unwrap();
+    common::write(&dir.path().join("t/a"), b"a");
+    let e = store
+        .add_path(
+            &dir.path().join("t"),
+            &NewEntry::new("a", Kind::Output),
+            &Silent,
+        )
+        .unwrap();
+    cache::upload(c.as_ref(), &Digest::of(b"k"), &e, None).unwrap();
+    let missing = dockerbuild::config::Config {
+        cipd_token_file: Some(dir.path().join("nope")),
+        ..Default::default()
+    };
+    let msg = cache::open_with_config(&url, &missing)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("cipd-token-file") && msg.contains(&url),
+        "{msg}"
+    );
+}

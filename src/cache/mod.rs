@@ -119,6 +119,29 @@ pub fn open(url: &str) -> Result<Box<dyn Cache>> {
     })
 }
 
+/// Opens a cache by URL as [`open`] does, with what the config adds: for `cipd://`, the
+/// token from `cipd-token-file` when `DOCKERBUILD_CIPD_TOKEN` is unset.
+pub fn open_with_config(url: &str, config: &crate::config::Config) -> Result<Box<dyn Cache>> {
+    if !url.starts_with("cipd://") {
+        return open(url);
+    }
+    let mut opts = cipd::CipdOptions::from_env();
+    if opts.token.is_none()
+        && let Some(path) = &config.cipd_token_file
+    {
+        let text = fs_err::read_to_string(path).map_err(|source| CacheError::Io {
+            cache: url.to_owned(),
+            action: format!(
+                "read the token file `{}` (config `cipd-token-file`)",
+                path.display()
+            ),
+            source,
+        })?;
+        opts.token = Some(text.trim().to_owned()).filter(|t| !t.is_empty());
+    }
+    Ok(Box::new(CipdCache::open_with(url, opts)?))
+}
+
 /// The claim an entry makes under `key`, signed when a key is given.
 pub fn claim_for(key: &Digest, entry: &Entry, signer: Option<&SecretKey>) -> Claim {
     let mut refs = entry.meta.references.clone();
