@@ -378,6 +378,21 @@ fn uploads_resume_and_wait_for_verification_and_processing() {
         "no claim was published"
     );
 
+    // An upload URL that accepts nothing: a clear error after the retries.
+    s.fake.set_processing_rounds(0);
+    s.fake.fault("upload", Fault::Http(308), 1000);
+    let stuck = src
+        .add_path(&tree, &NewEntry::new("stuck", Kind::Output), &Silent)
+        .unwrap();
+    let msg = cache::upload(&s.cache(), &Digest::of(b"k4"), &stuck, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("stalled") && msg.contains("upload instance"),
+        "{msg}"
+    );
+    s.fake.clear_faults();
+
     // Bytes altered on the way up: the service's verification refuses them.
     s.fake.set_processing_rounds(0);
     let other = src

@@ -103,8 +103,10 @@ pub struct CipdCache {
     url: String,
     prefix: String,
     rpc: prpc::Client,
-    /// For signed URLs: no token, no redirects followed (308 is resumable-upload talk).
+    /// For upload URLs: no token, no redirects followed (308 is resumable-upload talk).
     raw: ureq::Agent,
+    /// For signed download URLs: no token; redirects followed.
+    dl: ureq::Agent,
     opts: CipdOptions,
 }
 
@@ -182,6 +184,7 @@ impl CipdCache {
                 retry: opts.retry.clone(),
             },
             raw: agent(0),
+            dl: agent(5),
             opts,
         })
     }
@@ -273,7 +276,7 @@ impl CipdCache {
         let got = self.opts.retry.run("download", || {
             let mut file = tempfile::tempfile().map_err(|e| RpcError::Transport(e.to_string()))?;
             let mut resp = self
-                .raw
+                .dl
                 .get(&signed)
                 .call()
                 .map_err(|e| RpcError::Transport(e.to_string()))?;
@@ -465,7 +468,7 @@ impl CipdCache {
                 self.raw
                     .put(url)
                     .header("Content-Range", &format!("bytes */{total}"))
-                    .send_empty()
+                    .send(&[][..])
             } else {
                 let n = (total - offset).min(self.opts.chunk as u64) as usize;
                 zip.seek(SeekFrom::Start(offset))
@@ -484,6 +487,7 @@ impl CipdCache {
                 Ok(resp) => match resp.status().as_u16() {
                     200 | 201 => return Ok(()),
                     308 => {
+                        let before = offset;
                         offset = resp
                             .headers()
                             .get("Range")
@@ -491,11 +495,15 @@ impl CipdCache {
                             .and_then(|r| r.strip_prefix("bytes=0-"))
                             .and_then(|n| n.trim().parse::<u64>().ok())
                             .map_or(0, |last| last + 1);
-                        query = false;
                         if offset >= total {
                             return Ok(());
                         }
-                        continue;
+                        if query || offset > before {
+                            query = false;
+                            continue;
+                        }
+                        // A chunk was sent and nothing more arrived.
+                        format!("the upload stalled at byte {offset}")
                     }
                     s if s >= 500 || s == 408 || s == 429 => format!("HTTP {s}"),
                     s => return Err(fail(format!("the upload URL answered HTTP {s}"))),
