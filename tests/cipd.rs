@@ -623,3 +623,68 @@ fn the_token_file_from_config_authenticates_pushes() {
         "{msg}"
     );
 }
+
+/// An independent reader (Python's `zipfile`) sees an instance the way the notes say
+/// CIPD writes one, and computes the same instance ID.
+#[test]
+fn python_reads_instances_as_cipd_lays_them_out() {
+    use dockerbuild::cache::cipd::package::{self, InstanceId, Source};
+    let ok = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import zipfile")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !common::available("python3", ok) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("i.zip");
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let sha = package::build(
+        &mut f,
+        "team/cache/v1/entries",
+        &[("entry.tar.zst", Source::Bytes(&[7u8; 5000]))],
+    )
+    .unwrap();
+    drop(f);
+    let script = r#"
+import base64, hashlib, json, sys, zipfile
+data = open(sys.argv[1], 'rb').read()
+iid = base64.urlsafe_b64encode(hashlib.sha256(data).digest() + b'\x02').decode().rstrip('=')
+z = zipfile.ZipFile(sys.argv[1])
+assert z.testzip() is None
+files = [dict(name=i.filename, system=i.create_system, mode=i.external_attr >> 16,
+              low=i.external_attr & 0xffff, method=i.compress_type, extra=len(i.extra),
+              size=i.file_size)
+         for i in z.infolist()]
+print(json.dumps(dict(iid=iid, files=files,
+                      manifest=json.loads(z.read('.cipdpkg/manifest.json')))))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"python3 zipfile");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["iid"], InstanceId::sha256(sha).to_text());
+    let files = v["files"].as_array().unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["entry.tar.zst", ".cipdpkg/manifest.json"]);
+    for f in files {
+        assert_eq!(f["system"], 3, "creator Unix: {f}");
+        assert_eq!(f["mode"], 0o100400, "S_IFREG|0400: {f}");
+        assert_eq!(f["low"], 1, "MS-DOS read-only: {f}");
+        assert_eq!(f["method"], 0, "Stored: {f}");
+        assert_eq!(f["extra"], 0, "no extra fields: {f}");
+    }
+    assert_eq!(files[0]["size"], 5000);
+    assert_eq!(v["manifest"]["format_version"], "1.1");
+    assert_eq!(v["manifest"]["package_name"], "team/cache/v1/entries");
+}
