@@ -688,3 +688,52 @@ print(json.dumps(dict(iid=iid, files=files,
     assert_eq!(v["manifest"]["format_version"], "1.1");
     assert_eq!(v["manifest"]["package_name"], "team/cache/v1/entries");
 }
+
+/// The binary end to end against the fake: `cache push` with the token from the
+/// environment, `cache ls`, `cache pull` into another store, `cache verify`.
+#[test]
+fn cache_commands_work_against_the_fake() {
+    let fake = FakeCipd::start();
+    let url = fake.url("team/cache");
+    let env = common::TestEnv::new();
+    let dir = env.path();
+    common::write(&dir.join("tree/a.txt"), b"hello cipd");
+    let run = |store: &std::path::Path, args: &[&str]| {
+        let out = env
+            .cmd_with_store(store)
+            .env("DOCKERBUILD_CIPD_TOKEN", cipd_fake::WRITER_TOKEN)
+            .args(["--cache", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out, &args);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let store = env.store();
+    let path = run(
+        &store,
+        &[
+            "store",
+            "add",
+            dir.join("tree").to_str().unwrap(),
+            "--name",
+            "shared",
+        ],
+    );
+    let hex = &std::path::Path::new(path.trim())
+        .file_name()
+        .unwrap()
+        .to_string_lossy()[..64]
+        .to_owned();
+    run(&store, &["cache", "push", "shared"]);
+    let ls = run(&store, &["cache", "ls"]);
+    assert!(ls.contains("shared") && ls.contains(&url), "{ls}");
+    run(&store, &["cache", "verify"]);
+    let other = dir.join("other-store");
+    let pulled = run(&other, &["cache", "pull", &format!("blake3:{hex}")]);
+    assert_eq!(
+        std::fs::read(std::path::Path::new(pulled.trim()).join("a.txt")).unwrap(),
+        b"hello cipd"
+    );
+    assert_eq!(fake.instances("team/cache/v1/entries").len(), 1);
+}
