@@ -294,7 +294,10 @@ fn truncated_and_altered_downloads_are_refused() {
     s.fake.fault("download", Fault::Truncate, 1);
     s.heals("truncated-once");
     s.fake.fault("download", Fault::Truncate, 100);
-    s.fails("truncated", &["download instance", "team/cache/v1/claims"]);
+    s.fails(
+        "truncated",
+        &["download the claim for key", "team/cache/v1/claims"],
+    );
     s.fake.clear_faults();
     // Altered bytes do not hash to the instance ID.
     s.fake.fault("download", Fault::WrongBytes, 1);
@@ -307,7 +310,10 @@ fn truncated_and_altered_downloads_are_refused() {
     let n = bad.len() / 2;
     bad[n] ^= 1;
     s.fake.replace_blob(&hex, bad);
-    s.fails("rotten-entry", &["not to the instance ID", "v1/entries"]);
+    s.fails(
+        "rotten-entry",
+        &["not to the instance ID", "v1/entries", "entry blake3:"],
+    );
     s.fake.replace_blob(&hex, good);
     s.heals("restored");
 }

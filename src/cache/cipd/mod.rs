@@ -70,7 +70,7 @@ impl Default for CipdOptions {
         CipdOptions {
             token: None,
             retry: prpc::Retry {
-                retries: 8,
+                retries: 5,
                 backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(10),
             },
@@ -260,10 +260,10 @@ impl CipdCache {
 
     /// Downloads instance `r` of `package` into an anonymous temporary file, checking its
     /// SHA-256 against the instance ID. Each attempt starts over.
-    #[instrument(skip(self), fields(cache = %self.url))]
-    fn download(&self, package: &str, r: &ObjectRef) -> Result<File> {
+    #[instrument(skip(self, subject), fields(cache = %self.url))]
+    fn download(&self, package: &str, r: &ObjectRef, subject: &str) -> Result<File> {
         let iid = instance_id(r);
-        let what = format!("instance {iid} of `{package}`");
+        let what = format!("{subject} (instance {iid} of `{package}`)");
         let req = prpc::get_instance_url_request(package, r);
         let answer = self
             .rpc
@@ -328,15 +328,20 @@ impl CipdCache {
         package: &str,
         r: &ObjectRef,
         name: &str,
+        subject: &str,
     ) -> Result<std::io::Take<File>> {
-        let file = self.download(package, r)?;
-        package::open_file(file, package, name)
-            .map_err(|e| self.malformed(format!("instance {} of `{package}`", instance_id(r)), e))
+        let file = self.download(package, r, subject)?;
+        package::open_file(file, package, name).map_err(|e| {
+            self.malformed(
+                format!("{subject} (instance {} of `{package}`)", instance_id(r)),
+                e,
+            )
+        })
     }
 
-    fn read_claim(&self, r: &ObjectRef) -> Result<Claim> {
+    fn read_claim(&self, r: &ObjectRef, subject: &str) -> Result<Claim> {
         let package = self.claims();
-        let mut f = self.read_instance(&package, r, CLAIM_FILE)?;
+        let mut f = self.read_instance(&package, r, CLAIM_FILE, subject)?;
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes)
             .map_err(self.io(format!("read the claim in instance {}", instance_id(r))))?;
@@ -589,7 +594,7 @@ impl CipdCache {
                 reason: "not found".into(),
                 hint: String::new(),
             })?;
-        let f = self.download(package, &r)?;
+        let f = self.download(package, &r, "the package")?;
         let size = f
             .metadata()
             .map_err(self.io(format!("read the size of the download of `{package}`")))?
@@ -619,7 +624,8 @@ impl Cache for CipdCache {
         let Some(r) = self.resolve(&self.claims(), &tag)? else {
             return Ok(None);
         };
-        self.read_claim(&r).map(Some)
+        self.read_claim(&r, &format!("the claim for key {key}"))
+            .map(Some)
     }
 
     fn has_entry(&self, digest: &Digest) -> Result<bool> {
@@ -640,7 +646,7 @@ impl Cache for CipdCache {
             })?;
         Ok(Box::new(std::io::BufReader::with_capacity(
             1 << 20,
-            self.read_instance(&package, &r, ENTRY_FILE)?,
+            self.read_instance(&package, &r, ENTRY_FILE, &format!("entry {digest}"))?,
         )))
     }
 
@@ -692,7 +698,7 @@ impl Cache for CipdCache {
             let (instances, next) = prpc::decode_list_instances(&b)
                 .map_err(|e| self.malformed(format!("the instance list of `{package}`"), e))?;
             for i in instances {
-                out.push(self.read_claim(&i.instance)?);
+                out.push(self.read_claim(&i.instance, "a claim")?);
             }
             if next.is_empty() {
                 break;
