@@ -110,19 +110,15 @@ pub struct CipdCache {
     opts: CipdOptions,
 }
 
+/// `localhost`, 127.0.0.0/8 or `[::1]`, with or without a port.
 fn is_loopback(host: &str) -> bool {
-    let h = host
-        .trim_start_matches('[')
-        .split(']')
-        .next()
-        .unwrap_or(host);
-    let h = if host.starts_with('[') {
-        h
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
-    h == "localhost"
-        || h.parse::<std::net::IpAddr>()
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
 
@@ -723,6 +719,13 @@ mod tests {
         );
         assert_eq!(p("cipd://localhost/x").unwrap().0, "http://localhost");
         assert_eq!(p("cipd://[::1]:9/x").unwrap().0, "http://[::1]:9");
+        assert_eq!(p("cipd://127.1.2.3/x").unwrap().0, "http://127.1.2.3");
+        assert_eq!(p("cipd://10.0.0.1:80/x").unwrap().0, "https://10.0.0.1:80");
+        assert_eq!(
+            p("cipd://localhost.example.com/x").unwrap().0,
+            "https://localhost.example.com"
+        );
+        assert_eq!(p("cipd://user@host/x"), None);
         assert_eq!(
             p("cipd://packages.example.com/team/cache/"),
             Some(("https://packages.example.com".into(), "team/cache".into()))
