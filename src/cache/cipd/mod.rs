@@ -196,12 +196,12 @@ impl CipdCache {
     fn rpc_err(&self, action: String, e: RpcError) -> CacheError {
         let hint = match e.code() {
             Some(code::PERMISSION_DENIED) if self.opts.token.is_none() => format!(
-                "\nhint: anonymous callers may not see or write this prefix; set {TOKEN_ENV} to an OAuth access token"
+                "\nhint: anonymous callers may not see or write this prefix; put an OAuth access token in {TOKEN_ENV} (or in the file config.toml's `cipd-token-file` names)"
             ),
             Some(code::PERMISSION_DENIED) => {
                 "\nhint: the token's identity needs READER (to fetch) or WRITER (to push) on the prefix".to_owned()
             }
-            Some(code::UNAUTHENTICATED) => format!("\nhint: {TOKEN_ENV} holds an invalid or expired token"),
+            Some(code::UNAUTHENTICATED) => format!("\nhint: the token ({TOKEN_ENV} or `cipd-token-file`) is invalid or expired"),
             Some(code::FAILED_PRECONDITION) => {
                 "\nhint: a tag on two instances cannot be resolved; detach it from one".to_owned()
             }
