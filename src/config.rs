@@ -14,6 +14,9 @@
 //! trusted-keys = ["ci-1:Zm9v..."]
 //! # The secret key that signs uploads.
 //! signing-key = "/etc/dockerbuild/ci-1.secret"
+//! # A file holding an OAuth access token for cipd:// caches (when
+//! # $DOCKERBUILD_CIPD_TOKEN is unset); without either, CIPD reads are anonymous.
+//! cipd-token-file = "/run/secrets/cipd-token"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,6 +37,8 @@ pub struct Config {
     pub trusted_keys: Vec<String>,
     /// A file holding the secret key that signs uploads.
     pub signing_key: Option<PathBuf>,
+    /// A file holding an OAuth access token for `cipd://` caches.
+    pub cipd_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +113,7 @@ mod tests {
             c.store.unwrap(),
             PathBuf::from("/var/lib/dockerbuild/store")
         );
+        assert!(c.cipd_token_file.is_some());
     }
 
     #[test]

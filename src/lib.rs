@@ -17,7 +17,7 @@
 //!   are removed on errors and signals.
 //! - [`image`]: toolchain images generated from the lockfile, kept in the store, loaded.
 //! - [`build`]: hermetic builds in those images, keyed by everything that went in.
-//! - [`cache`]: binary caches (`file://`, `oci://`) that substitute entries instead of
+//! - [`cache`]: binary caches (`file://`, `cipd://`, `oci://`) that substitute entries instead of
 //!   building them; [`signing`]: ed25519 keys and signed claims.
 //! - [`recipe`]: named, checked-in builds (`recipes/*.toml`): interpreters, git, ...
 //! - [`config`]: `config.toml` and where the store lives by default.

@@ -1,6 +1,10 @@
 //! The binary cache conformance suite: every backend must pass it. The log names each
 //! backend that ran.
 
+#[path = "support/cipd_fake.rs"]
+mod cipd_fake;
+#[path = "support/cipd_options.rs"]
+mod cipd_options;
 mod common;
 
 use dockerbuild::cache::{self, Cache, CacheError};
@@ -159,13 +163,57 @@ fn file_cache_conforms() {
     file_faults(&dir.path().join("faults"));
 }
 
+/// The suite against the `cipd://` backend and a fake CIPD server written from the
+/// protocol notes (not the real service), which verifies uploads in two polls and keeps
+/// each new instance "processing" for two AttachTags rounds.
+#[test]
+fn cipd_cache_conforms_against_the_fake() {
+    let fake = cipd_fake::FakeCipd::start();
+    fake.set_verify_polls(2);
+    fake.set_processing_rounds(2);
+    let url = fake.url("dockerbuild/cache");
+    conformance(&|| Box::new(cache::CipdCache::open_with(&url, cipd_options::fast()).unwrap()));
+    // The flow the notes describe: register, chunked resumable upload, FinishUpload polled
+    // through VERIFYING, register again, tags once processing is over.
+    let log = fake.log();
+    let calls = |m: &str| log.iter().filter(|l| l.starts_with(m)).count();
+    assert!(
+        calls("upload bytes 256-511/") > 0,
+        "chunked uploads: {log:?}"
+    );
+    assert!(
+        calls("FinishUpload") >= 2 * calls("upload bytes 0-"),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().all(|l| !l.starts_with("download auth=true")),
+        "{log:?}"
+    );
+    let entries = fake.instances("dockerbuild/cache/v1/entries");
+    assert_eq!(entries.len(), 2, "one instance per entry");
+    assert!(
+        entries
+            .iter()
+            .all(|i| i.tags.len() == 1 && i.tags[0].starts_with("dockerbuild_digest:"))
+    );
+    assert_eq!(fake.instances("dockerbuild/cache/v1/claims").len(), 4);
+    // cache::open picks the backend by scheme.
+    assert_eq!(cache::open(&url).unwrap().url(), url);
+}
+
 #[test]
 fn bad_cache_urls_are_refused() {
     let e = cache::open("ftp://example.invalid/x")
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("file:///DIR") && e.contains("oci://"), "{e}");
+    assert!(
+        e.contains("file:///DIR") && e.contains("oci://") && e.contains("cipd://"),
+        "{e}"
+    );
+    for bad in ["cipd://", "cipd://host/Upper", "cipd://host/a/../b"] {
+        assert!(cache::open(bad).is_err(), "{bad}");
+    }
 }
 
 /// The CLI without Docker: `key generate`, `cache push` from one store, `cache pull` into

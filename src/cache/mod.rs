@@ -11,11 +11,13 @@
 //! trusted: [`substitute`] re-hashes the stream as it imports it and refuses a mismatch
 //! (naming the cache and the entry) without changing the store.
 
+pub mod cipd;
 mod file;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use cipd::CipdCache;
 pub use file::FileCache;
 
 use crate::digest::Digest;
@@ -26,7 +28,9 @@ use crate::store::{Entry, LocalStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("`{url}` is not a cache URL\nhint: use file:///DIR or oci://HOST[:PORT]/REPO")]
+    #[error(
+        "`{url}` is not a cache URL\nhint: use file:///DIR, cipd://HOST[:PORT][/PREFIX] or oci://HOST[:PORT]/REPO"
+    )]
     BadUrl { url: String },
     #[error("cache {cache}: cannot {action}")]
     Io {
@@ -59,6 +63,14 @@ pub enum CacheError {
         "cache {cache}: the claim for key {key} is not signed by a trusted key\nhint: trust its signer in config.toml (`trusted_keys`), or re-push it signed"
     )]
     Untrusted { cache: String, key: Digest },
+    #[error("cache {cache}: cannot {action}: {reason}{hint}")]
+    Rpc {
+        cache: String,
+        action: String,
+        reason: String,
+        /// Empty, or `\nhint: ...`.
+        hint: String,
+    },
     #[error("cache {cache} is read-only")]
     ReadOnly { cache: String },
     #[error(transparent)]
@@ -90,8 +102,12 @@ pub trait Cache: Send + Sync {
     fn list(&self) -> Result<Vec<Claim>>;
 }
 
-/// Opens a cache by URL: `file:///DIR` (or a plain absolute path).
+/// Opens a cache by URL: `file:///DIR` (or a plain absolute path), or
+/// `cipd://HOST[:PORT][/PREFIX]` (token from `DOCKERBUILD_CIPD_TOKEN`).
 pub fn open(url: &str) -> Result<Box<dyn Cache>> {
+    if url.starts_with("cipd://") {
+        return Ok(Box::new(CipdCache::open(url)?));
+    }
     if let Some(path) = url.strip_prefix("file://") {
         return Ok(Box::new(FileCache::open(Path::new(path), url)?));
     }
@@ -101,6 +117,29 @@ pub fn open(url: &str) -> Result<Box<dyn Cache>> {
     Err(CacheError::BadUrl {
         url: url.to_owned(),
     })
+}
+
+/// Opens a cache by URL as [`open`] does, with what the config adds: for `cipd://`, the
+/// token from `cipd-token-file` when `DOCKERBUILD_CIPD_TOKEN` is unset.
+pub fn open_with_config(url: &str, config: &crate::config::Config) -> Result<Box<dyn Cache>> {
+    if !url.starts_with("cipd://") {
+        return open(url);
+    }
+    let mut opts = cipd::CipdOptions::from_env();
+    if opts.token.is_none()
+        && let Some(path) = &config.cipd_token_file
+    {
+        let text = fs_err::read_to_string(path).map_err(|source| CacheError::Io {
+            cache: url.to_owned(),
+            action: format!(
+                "read the token file `{}` (config `cipd-token-file`)",
+                path.display()
+            ),
+            source,
+        })?;
+        opts.token = Some(text.trim().to_owned()).filter(|t| !t.is_empty());
+    }
+    Ok(Box::new(CipdCache::open_with(url, opts)?))
 }
 
 /// The claim an entry makes under `key`, signed when a key is given.

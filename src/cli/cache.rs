@@ -64,8 +64,10 @@ pub fn caches(g: &GlobalArgs, config: &Config) -> Result<Caches> {
         return Ok(c);
     }
     for u in &urls {
-        c.caches
-            .push(cache::open(u).with_context(|| format!("cannot open cache `{u}`"))?);
+        c.caches.push(
+            cache::open_with_config(u, config)
+                .with_context(|| format!("cannot open cache `{u}`"))?,
+        );
     }
     for k in &config.trusted_keys {
         c.trusted.push(PublicKey::parse(k)?);

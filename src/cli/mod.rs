@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod cipd;
 pub mod docker;
 pub mod output;
 pub mod sources;
@@ -59,7 +60,7 @@ pub struct GlobalArgs {
     pub project: Option<PathBuf>,
 
     /// A binary cache to look things up in before building, ahead of the configured ones
-    /// (file:///DIR); repeatable
+    /// (file:///DIR, cipd://HOST[/PREFIX]); repeatable
     #[arg(long = "cache", global = true, value_name = "URL")]
     pub caches: Vec<String>,
 
@@ -133,6 +134,9 @@ pub enum Command {
     WheelDump(wheel::WheelDumpArgs),
     /// Print every (wheel, platform, Python) of the matrix as JSON, for CI
     WheelJson(wheel::FilterArgs),
+    /// CIPD helpers: ensure files for published packages
+    #[command(subcommand)]
+    Cipd(cipd::CipdCommand),
 }
 
 #[cfg(test)]

@@ -1,0 +1,745 @@
+//! The `cipd://` binary cache backend against a fake CIPD server written from the protocol
+//! notes (`support/cipd_fake.rs`), not the real service; and an opt-in live smoke test.
+
+#[path = "support/cipd_fake.rs"]
+mod cipd_fake;
+
+use cipd_fake::{FakeCipd, Fault};
+
+fn post(fake: &FakeCipd, method: &str, ct: &str, body: &[u8]) -> (u16, Option<String>, Vec<u8>) {
+    post_as(fake, method, ct, body, None)
+}
+
+fn post_as(
+    fake: &FakeCipd,
+    method: &str,
+    ct: &str,
+    body: &[u8],
+    token: Option<&str>,
+) -> (u16, Option<String>, Vec<u8>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent
+        .post(format!("{}/prpc/{method}", fake.base))
+        .header("Content-Type", ct);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req.send(body).unwrap();
+    let code = resp
+        .headers()
+        .get("X-Prpc-Grpc-Code")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = resp.status().as_u16();
+    (status, code, resp.body_mut().read_to_vec().unwrap())
+}
+
+/// The fake's own framing, driven by hand-written requests: JSON with the XSSI prefix,
+/// snake_case input, errors as plain text with the gRPC code header, binary bodies
+/// assembled byte by byte, injected proxy errors without the header.
+#[test]
+fn the_fake_speaks_prpc_as_the_notes_describe() {
+    let fake = FakeCipd::start();
+    fake.add_instance("a/pkg", b"zip bytes", &["version:1"]);
+    let (status, code, body) = post(
+        &fake,
+        "cipd.Repository/ResolveVersion",
+        "application/json",
+        br#"{"package":"a/pkg","version":"version:1"}"#,
+    );
+    assert_eq!((status, code.as_deref()), (200, Some("0")));
+    let text = String::from_utf8(body).unwrap();
+    let json = text.strip_prefix(")]}'\n").expect("XSSI prefix");
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["instance"]["hashAlgo"], "SHA256");
+    assert_eq!(v["package"], "a/pkg");
+
+    // snake_case on input; a missing tag is NOT_FOUND as text.
+    let (status, code, body) = post(
+        &fake,
+        "cipd.Repository/ResolveVersion",
+        "application/json",
+        br#"{"package":"a/pkg","version":"version:2","unknown_field":1}"#,
+    );
+    assert_eq!((status, code.as_deref()), (404, Some("5")));
+    assert_eq!(body, b"no such tag");
+
+    // Binary: ResolveVersionRequest{1: "a/pkg", 2: "version:1"} by hand.
+    let mut req = vec![0x0a, 5];
+    req.extend(b"a/pkg");
+    req.extend([0x12, 9]);
+    req.extend(b"version:1");
+    let (status, code, body) = post(
+        &fake,
+        "cipd.Repository/ResolveVersion",
+        "application/prpc; encoding=binary",
+        &req,
+    );
+    assert_eq!((status, code.as_deref()), (200, Some("0")));
+    // Instance{1: package, 2: ObjectRef{1: 2 (SHA256), 2: hex}, 3: registered_by}
+    assert_eq!(&body[..7], &[0x0a, 5, b'a', b'/', b'p', b'k', b'g']);
+    assert_eq!(&body[7..11], &[0x12, 68, 0x08, 2]);
+
+    // RegisterInstance in JSON: enum names, camelCase, the operation bound to its caller.
+    let hex = "07bafbe63a0e7c57c572aedf1c228022b537e28785013d7be017fc78731a8cc5";
+    let reg = format!(r#"{{"package":"a/new","instance":{{"hash_algo":2,"hex_digest":"{hex}"}}}}"#);
+    let (status, code, body) = post(
+        &fake,
+        "cipd.Repository/RegisterInstance",
+        "application/json",
+        reg.as_bytes(),
+    );
+    assert_eq!(
+        (status, code.as_deref()),
+        (403, Some("7")),
+        "anonymous writes are refused"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("not allowed to write"));
+    let (status, _, body) = post_as(
+        &fake,
+        "cipd.Repository/RegisterInstance",
+        "application/json",
+        reg.as_bytes(),
+        Some(cipd_fake::WRITER_TOKEN),
+    );
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
+    assert_eq!(v["status"], "NOT_UPLOADED");
+    assert_eq!(v["uploadOp"]["status"], "UPLOADING");
+    let op = v["uploadOp"]["operationId"].as_str().unwrap().to_owned();
+    let finish = format!(r#"{{"uploadOperationId":"{op}"}}"#);
+    for (token, want) in [
+        (Some(cipd_fake::READER_TOKEN), Some("5")),
+        (None, Some("5")),
+    ] {
+        let (_, code, body) = post_as(
+            &fake,
+            "cipd.Storage/FinishUpload",
+            "application/json",
+            finish.as_bytes(),
+            token,
+        );
+        assert_eq!(code.as_deref(), want, "{}", String::from_utf8_lossy(&body));
+    }
+    // Nothing was uploaded: the first poll errs the operation.
+    let (_, _, body) = post_as(
+        &fake,
+        "cipd.Storage/FinishUpload",
+        "application/json",
+        finish.as_bytes(),
+        Some(cipd_fake::WRITER_TOKEN),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body[5..]).unwrap();
+    assert_eq!(v["status"], "ERRORED");
+    assert_eq!(v["errorMessage"], "upload not finished");
+
+    let (status, code, _) = post(&fake, "cipd.Repository/Nope", "application/json", b"{}");
+    assert_eq!((status, code.as_deref()), (501, Some("12")));
+
+    fake.fault("ResolveVersion", Fault::Http(502), 1);
+    let (status, code, _) = post(
+        &fake,
+        "cipd.Repository/ResolveVersion",
+        "application/json",
+        br#"{"package":"a/pkg","version":"version:1"}"#,
+    );
+    assert_eq!((status, code), (502, None));
+}
+
+// ---------------------------------------------------------------------------------------
+// The client against injected faults: each either heals by retrying, or fails naming the
+// cache and the thing, leaving the store as it was.
+
+#[path = "support/cipd_options.rs"]
+mod cipd_options;
+mod common;
+
+use dockerbuild::cache::{self, Cache, CacheError, CipdCache};
+use dockerbuild::digest::Digest;
+use dockerbuild::progress::Silent;
+use dockerbuild::signing::SecretKey;
+use dockerbuild::store::{Entry, Kind, LocalStore, NewEntry, Store};
+
+struct Setup {
+    fake: FakeCipd,
+    url: String,
+    key: Digest,
+    entry: Entry,
+    dir: tempfile::TempDir,
+    _src: LocalStore,
+}
+
+impl Setup {
+    /// A fake holding one pushed entry under `key`.
+    fn new() -> Setup {
+        let fake = FakeCipd::start();
+        let url = fake.url("team/cache");
+        let dir = tempfile::tempdir().unwrap();
+        let src = LocalStore::open(&dir.path().join("src")).unwrap();
+        let tree = dir.path().join("tree");
+        for i in 0..12 {
+            common::write(
+                &tree.join(format!("f{i}")),
+                format!("victim {i}").repeat(200 + i).as_bytes(),
+            );
+        }
+        let entry = src
+            .add_path(&tree, &NewEntry::new("victim", Kind::Output), &Silent)
+            .unwrap();
+        let key = Digest::of(b"fault key");
+        let s = Setup {
+            fake,
+            url,
+            key,
+            entry,
+            dir,
+            _src: src,
+        };
+        cache::upload(&s.cache(), &key, &s.entry, None).unwrap();
+        s
+    }
+
+    fn cache(&self) -> CipdCache {
+        CipdCache::open_with(&self.url, cipd_options::fast()).unwrap()
+    }
+
+    fn anonymous(&self) -> CipdCache {
+        let mut o = cipd_options::fast();
+        o.token = None;
+        CipdCache::open_with(&self.url, o).unwrap()
+    }
+
+    fn store(&self, name: &str) -> LocalStore {
+        LocalStore::open(&self.dir.path().join(name)).unwrap()
+    }
+
+    /// Substitutes the key into a fresh store.
+    fn substitute(
+        &self,
+        name: &str,
+    ) -> (Result<Option<cache::Substituted>, CacheError>, LocalStore) {
+        let store = self.store(name);
+        let caches: Vec<Box<dyn Cache>> = vec![Box::new(self.cache())];
+        (
+            cache::substitute(&caches, &store, &self.key, &[], &Silent),
+            store,
+        )
+    }
+
+    /// Substitution fails naming the cache and `needles`; the store stays empty.
+    fn fails(&self, name: &str, needles: &[&str]) -> String {
+        let (r, store) = self.substitute(name);
+        let msg = r.expect_err("the substitution fails").to_string();
+        assert!(msg.contains(&self.url), "{name}: names the cache: {msg}");
+        for n in needles {
+            assert!(msg.contains(n), "{name}: mentions `{n}`: {msg}");
+        }
+        assert!(
+            store.list().unwrap().is_empty(),
+            "{name}: nothing entered the store"
+        );
+        msg
+    }
+
+    fn heals(&self, name: &str) {
+        let (r, _) = self.substitute(name);
+        let got = r.unwrap().expect("a hit");
+        assert_eq!(got.entry.meta.digest, self.entry.meta.digest, "{name}");
+    }
+}
+
+#[test]
+fn transient_5xx_and_429_are_retried_then_reported() {
+    let s = Setup::new();
+    s.fake.fault("ResolveVersion", Fault::Http(503), 2);
+    s.fake.fault(
+        "GetInstanceURL",
+        Fault::Grpc(cipd_fake::UNAVAILABLE, "try later"),
+        1,
+    );
+    s.fake.fault("download", Fault::Http(500), 1);
+    s.fake.fault(
+        "ResolveVersion",
+        Fault::Grpc(cipd_fake::RESOURCE_EXHAUSTED, "slow down"),
+        1,
+    );
+    s.heals("retried");
+
+    s.fake.fault("ResolveVersion", Fault::Http(502), 100);
+    let msg = s.fails(
+        "5xx",
+        &["HTTP 502", "dockerbuild_key:", "team/cache/v1/claims"],
+    );
+    assert!(msg.contains("hint:"), "{msg}");
+    s.fake.clear_faults();
+    s.fake.fault(
+        "ResolveVersion",
+        Fault::Grpc(cipd_fake::RESOURCE_EXHAUSTED, "quota"),
+        100,
+    );
+    s.fails("429", &["RESOURCE_EXHAUSTED", "quota"]);
+    s.fake.clear_faults();
+    // A proxy's 4xx without the gRPC header is not retried.
+    s.fake.fault("ResolveVersion", Fault::Http(403), 1);
+    s.fails("proxy-403", &["HTTP 403 without a gRPC code"]);
+    s.heals("after");
+}
+
+#[test]
+fn truncated_and_altered_downloads_are_refused() {
+    let s = Setup::new();
+    // A truncated download is retried from the start.
+    s.fake.fault("download", Fault::Truncate, 1);
+    s.heals("truncated-once");
+    s.fake.fault("download", Fault::Truncate, 100);
+    s.fails(
+        "truncated",
+        &["download the claim for key", "team/cache/v1/claims"],
+    );
+    s.fake.clear_faults();
+    // Altered bytes do not hash to the instance ID.
+    s.fake.fault("download", Fault::WrongBytes, 1);
+    s.fails("altered-claim", &["not to the instance ID", "v1/claims"]);
+    // The entry's instance replaced in storage: caught by the instance ID before the
+    // store sees a byte.
+    let hex = s.fake.instances("team/cache/v1/entries")[0].hex.clone();
+    let good = s.fake.blob(&hex).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len() / 2;
+    bad[n] ^= 1;
+    s.fake.replace_blob(&hex, bad);
+    s.fails(
+        "rotten-entry",
+        &["not to the instance ID", "v1/entries", "entry blake3:"],
+    );
+    s.fake.replace_blob(&hex, good);
+    s.heals("restored");
+}
+
+#[test]
+fn an_ambiguous_tag_is_an_error_naming_it() {
+    let s = Setup::new();
+    let tag = format!("dockerbuild_key:{}", s.key.to_hex());
+    s.fake
+        .add_instance("team/cache/v1/claims", b"another claim", &[&tag]);
+    s.fails("ambiguous", &["FAILED_PRECONDITION", &tag, "ambiguity"]);
+}
+
+#[test]
+fn uploads_resume_and_wait_for_verification_and_processing() {
+    let s = Setup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let src = LocalStore::open(dir.path()).unwrap();
+    let tree = dir.path().join("t");
+    common::write(
+        &tree.join("big"),
+        &(0..20_000u32)
+            .flat_map(|i| i.to_le_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let e = src
+        .add_path(&tree, &NewEntry::new("resumed", Kind::Output), &Silent)
+        .unwrap();
+    s.fake.fault("upload", Fault::Http(503), 2);
+    s.fake.fault(
+        "RegisterInstance",
+        Fault::Grpc(cipd_fake::INTERNAL, "oops"),
+        1,
+    );
+    s.fake.set_verify_polls(3);
+    s.fake.set_processing_rounds(3);
+    let key = Digest::of(b"resumed key");
+    cache::upload(&s.cache(), &key, &e, None).unwrap();
+    assert!(
+        s.fake
+            .log()
+            .iter()
+            .any(|l| l.starts_with("upload bytes */")),
+        "asked where to resume: {:?}",
+        s.fake.log()
+    );
+    assert_eq!(
+        s.cache().lookup(&key).unwrap().unwrap().digest,
+        e.meta.digest
+    );
+
+    // Still processing past the deadline: a clear error; the bytes are there, so a later
+    // push only tags.
+    let mut o = cipd_options::fast();
+    o.processing_timeout = std::time::Duration::from_millis(30);
+    s.fake.set_processing_rounds(1000);
+    let key2 = Digest::of(b"slow key");
+    let slow = CipdCache::open_with(&s.url, o).unwrap();
+    let msg = cache::upload(&slow, &key2, &e, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("still being processed") && msg.contains(&s.url),
+        "{msg}"
+    );
+    assert!(
+        s.cache().lookup(&key2).unwrap().is_none(),
+        "no claim was published"
+    );
+
+    // An upload URL that accepts nothing: a clear error after the retries.
+    s.fake.set_processing_rounds(0);
+    s.fake.fault("upload", Fault::Http(308), 1000);
+    let stuck = src
+        .add_path(&tree, &NewEntry::new("stuck", Kind::Output), &Silent)
+        .unwrap();
+    let msg = cache::upload(&s.cache(), &Digest::of(b"k4"), &stuck, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("stalled") && msg.contains("upload instance"),
+        "{msg}"
+    );
+    s.fake.clear_faults();
+
+    // Bytes altered on the way up: the service's verification refuses them.
+    s.fake.set_processing_rounds(0);
+    let other = src
+        .add_path(
+            &tree.join("big"),
+            &NewEntry::new("mangled", Kind::Output),
+            &Silent,
+        )
+        .unwrap();
+    s.fake.fault("upload", Fault::WrongBytes, 1);
+    let msg = cache::upload(&s.cache(), &Digest::of(b"k3"), &other, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("ERRORED") && msg.contains("hash mismatch"),
+        "{msg}"
+    );
+    assert!(!s.cache().has_entry(&other.meta.digest).unwrap());
+}
+
+#[test]
+fn permission_denied_says_how_to_authenticate() {
+    let s = Setup::new();
+    // Anonymous writes are refused, with a hint naming the token variable.
+    let key = Digest::of(b"anonymous push");
+    let msg = cache::upload(&s.anonymous(), &key, &s.entry, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("PERMISSION_DENIED") && msg.contains("DOCKERBUILD_CIPD_TOKEN"),
+        "{msg}"
+    );
+    assert!(msg.contains(&s.url), "{msg}");
+    // Anonymous reads work until the prefix is private.
+    assert!(s.anonymous().lookup(&s.key).unwrap().is_some());
+    s.fake.set_anonymous_read(false);
+    let store = s.store("private");
+    let caches: Vec<Box<dyn Cache>> = vec![Box::new(s.anonymous())];
+    let msg = cache::substitute(&caches, &store, &s.key, &[], &Silent)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("not visible to unauthenticated callers"),
+        "{msg}"
+    );
+    assert!(msg.contains("DOCKERBUILD_CIPD_TOKEN"), "{msg}");
+    assert!(store.list().unwrap().is_empty());
+    // A bad token is UNAUTHENTICATED.
+    let mut o = cipd_options::fast();
+    o.token = Some("expired".into());
+    let msg = CipdCache::open_with(&s.url, o)
+        .unwrap()
+        .lookup(&s.key)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("UNAUTHENTICATED"), "{msg}");
+}
+
+#[test]
+fn a_failed_processor_is_reported() {
+    let s = Setup::new();
+    s.fake.fault(
+        "AttachTags",
+        Fault::Grpc(10, "processor failed: broken instance"),
+        1,
+    );
+    let msg = cache::upload(&s.cache(), &Digest::of(b"k"), &s.entry, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("ABORTED") && msg.contains("broken instance"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("tag instance") && msg.contains(&s.url),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_key_keeps_its_first_claim() {
+    let s = Setup::new();
+    let signer = SecretKey::generate("other").unwrap();
+    let msg = cache::upload(&s.cache(), &s.key, &s.entry, Some(&signer))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("different claim") && msg.contains(&s.url),
+        "{msg}"
+    );
+}
+
+/// `dockerbuild cipd ensure-file`: an ensure file on stdout, the versions file on disk.
+#[test]
+fn ensure_file_command_prints_pins_and_writes_the_versions_file() {
+    let env = common::TestEnv::new();
+    let iid = "B7r75joOfFfFcq7fHCKAIrU34oeFAT174Bf8eHMajMUC";
+    let vf = env.path().join("cipd.versions");
+    let out = env.ok(&[
+        "cipd",
+        "ensure-file",
+        &format!("infra/tools/thing/linux-amd64=git_revision:deadbeef={iid}"),
+        "--wheel",
+        &format!("numpy/linux-arm64_cp311_cp311=1.26.4={iid}"),
+        "--wheel",
+        &format!("six=1.16.0={iid}"),
+        "--versions-file",
+        vf.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains(&format!("$ResolvedVersions {}\n", vf.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("infra/python/wheels/numpy/linux-arm64_cp311_cp311 version:1.26.4\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("infra/python/wheels/six-py3 version:1.16.0\n"),
+        "{out}"
+    );
+    let versions = std::fs::read_to_string(&vf).unwrap();
+    assert!(
+        versions.contains(&format!(
+            "\ninfra/python/wheels/six-py3\n\tversion:1.16.0\n\t{iid}\n"
+        )),
+        "{versions}"
+    );
+    // Without instance IDs there is no versions file to write.
+    let err = env.fails(&[
+        "cipd",
+        "ensure-file",
+        "--wheel",
+        "six=1.16.0",
+        "--versions-file",
+        vf.to_str().unwrap(),
+    ]);
+    assert!(err.contains("needs its instance ID"), "{err}");
+    let err = env.fails(&["cipd", "ensure-file", "Bad/Name=latest"]);
+    assert!(err.contains("not a valid CIPD package name"), "{err}");
+}
+
+/// Opt-in (`DOCKERBUILD_CIPD_LIVE=1`, with `DOCKERBUILD_CIPD_LIVE_SERVICE=HOST`,
+/// `DOCKERBUILD_CIPD_LIVE_PACKAGE` and `DOCKERBUILD_CIPD_LIVE_VERSION`, e.g. a public
+/// package at `latest`): resolves and downloads a public package anonymously and checks
+/// its instance ID. Prints "not run" otherwise; CI machines cannot reach the service.
+#[test]
+fn live_anonymous_resolve_and_download() {
+    if std::env::var("DOCKERBUILD_CIPD_LIVE").as_deref() != Ok("1") {
+        eprintln!("live CIPD smoke test: not run (set DOCKERBUILD_CIPD_LIVE=1 to run it)");
+        return;
+    }
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set"));
+    let service = var("DOCKERBUILD_CIPD_LIVE_SERVICE");
+    let package = var("DOCKERBUILD_CIPD_LIVE_PACKAGE");
+    let version = std::env::var("DOCKERBUILD_CIPD_LIVE_VERSION").unwrap_or("latest".into());
+    let mut o = dockerbuild::cache::cipd::CipdOptions::default();
+    o.retry.retries = 2;
+    let c = CipdCache::open_with(&format!("cipd://{service}/dockerbuild/cache"), o).unwrap();
+    let (iid, size) = c.fetch_instance(&package, &version).unwrap();
+    eprintln!("live CIPD smoke test: {package}@{version} = {iid} ({size} bytes), verified");
+    assert!(iid.ends_with('C') || iid.len() == 40, "{iid}");
+}
+
+/// What the live test does, against the fake: resolve a ref anonymously, download,
+/// verify the instance ID.
+#[test]
+fn fetch_instance_resolves_a_ref_anonymously_on_the_fake() {
+    let fake = FakeCipd::start();
+    let hex = fake.add_instance("infra/tools/thing/linux-amd64", b"some zip", &[]);
+    fake.set_ref("infra/tools/thing/linux-amd64", "latest", &hex);
+    let mut o = cipd_options::fast();
+    o.token = None;
+    let c = CipdCache::open_with(&fake.url("x"), o).unwrap();
+    let (iid, size) = c
+        .fetch_instance("infra/tools/thing/linux-amd64", "latest")
+        .unwrap();
+    assert_eq!(size, 8);
+    let want = dockerbuild::cache::cipd::package::InstanceId::sha256(
+        hex::decode(&hex).unwrap().try_into().unwrap(),
+    );
+    assert_eq!(iid, want.to_text());
+    assert!(
+        c.fetch_instance("infra/tools/thing/linux-amd64", "nope")
+            .is_err()
+    );
+}
+
+/// The token can come from the config's `cipd-token-file`; an unreadable one is an error
+/// naming the file.
+#[test]
+fn the_token_file_from_config_authenticates_pushes() {
+    if std::env::var_os("DOCKERBUILD_CIPD_TOKEN").is_some() {
+        eprintln!("skipped: DOCKERBUILD_CIPD_TOKEN is set and takes precedence");
+        return;
+    }
+    let fake = FakeCipd::start();
+    let url = fake.url("team/cache");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{}\n", cipd_fake::WRITER_TOKEN)).unwrap();
+    let config = dockerbuild::config::Config {
+        cipd_token_file: Some(token),
+        ..Default::default()
+    };
+    let c = cache::open_with_config(&url, &config).unwrap();
+    let store = LocalStore::open(&dir.path().join("s")).unwrap();
+    common::write(&dir.path().join("t/a"), b"a");
+    let e = store
+        .add_path(
+            &dir.path().join("t"),
+            &NewEntry::new("a", Kind::Output),
+            &Silent,
+        )
+        .unwrap();
+    cache::upload(c.as_ref(), &Digest::of(b"k"), &e, None).unwrap();
+    let missing = dockerbuild::config::Config {
+        cipd_token_file: Some(dir.path().join("nope")),
+        ..Default::default()
+    };
+    let msg = cache::open_with_config(&url, &missing)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("cipd-token-file") && msg.contains(&url),
+        "{msg}"
+    );
+}
+
+/// An independent reader (Python's `zipfile`) sees an instance the way the notes say
+/// CIPD writes one, and computes the same instance ID.
+#[test]
+fn python_reads_instances_as_cipd_lays_them_out() {
+    use dockerbuild::cache::cipd::package::{self, InstanceId, Source};
+    let ok = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import zipfile")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !common::available("python3", ok) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("i.zip");
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let sha = package::build(
+        &mut f,
+        "team/cache/v1/entries",
+        &[("entry.tar.zst", Source::Bytes(&[7u8; 5000]))],
+    )
+    .unwrap();
+    drop(f);
+    let script = r#"
+import base64, hashlib, json, sys, zipfile
+data = open(sys.argv[1], 'rb').read()
+iid = base64.urlsafe_b64encode(hashlib.sha256(data).digest() + b'\x02').decode().rstrip('=')
+z = zipfile.ZipFile(sys.argv[1])
+assert z.testzip() is None
+files = [dict(name=i.filename, system=i.create_system, mode=i.external_attr >> 16,
+              low=i.external_attr & 0xffff, method=i.compress_type, extra=len(i.extra),
+              size=i.file_size)
+         for i in z.infolist()]
+print(json.dumps(dict(iid=iid, files=files,
+                      manifest=json.loads(z.read('.cipdpkg/manifest.json')))))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"python3 zipfile");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["iid"], InstanceId::sha256(sha).to_text());
+    let files = v["files"].as_array().unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["entry.tar.zst", ".cipdpkg/manifest.json"]);
+    for f in files {
+        assert_eq!(f["system"], 3, "creator Unix: {f}");
+        assert_eq!(f["mode"], 0o100400, "S_IFREG|0400: {f}");
+        assert_eq!(f["low"], 1, "MS-DOS read-only: {f}");
+        assert_eq!(f["method"], 0, "Stored: {f}");
+        assert_eq!(f["extra"], 0, "no extra fields: {f}");
+    }
+    assert_eq!(files[0]["size"], 5000);
+    assert_eq!(v["manifest"]["format_version"], "1.1");
+    assert_eq!(v["manifest"]["package_name"], "team/cache/v1/entries");
+}
+
+/// The binary end to end against the fake: `cache push` with the token from the
+/// environment, `cache ls`, `cache pull` into another store, `cache verify`.
+#[test]
+fn cache_commands_work_against_the_fake() {
+    let fake = FakeCipd::start();
+    let url = fake.url("team/cache");
+    let env = common::TestEnv::new();
+    let dir = env.path();
+    common::write(&dir.join("tree/a.txt"), b"hello cipd");
+    let run = |store: &std::path::Path, args: &[&str]| {
+        let out = env
+            .cmd_with_store(store)
+            .env("DOCKERBUILD_CIPD_TOKEN", cipd_fake::WRITER_TOKEN)
+            .args(["--cache", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out, &args);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let store = env.store();
+    let path = run(
+        &store,
+        &[
+            "store",
+            "add",
+            dir.join("tree").to_str().unwrap(),
+            "--name",
+            "shared",
+        ],
+    );
+    let hex = &std::path::Path::new(path.trim())
+        .file_name()
+        .unwrap()
+        .to_string_lossy()[..64]
+        .to_owned();
+    run(&store, &["cache", "push", "shared"]);
+    let ls = run(&store, &["cache", "ls"]);
+    assert!(ls.contains("shared") && ls.contains(&url), "{ls}");
+    run(&store, &["cache", "verify"]);
+    let other = dir.join("other-store");
+    let pulled = run(&other, &["cache", "pull", &format!("blake3:{hex}")]);
+    assert_eq!(
+        std::fs::read(std::path::Path::new(pulled.trim()).join("a.txt")).unwrap(),
+        b"hello cipd"
+    );
+    assert_eq!(fake.instances("team/cache/v1/entries").len(), 1);
+}
