@@ -8,6 +8,7 @@
 pub mod catalogue;
 pub mod run;
 pub mod spec;
+pub mod tags;
 
 use std::path::{Path, PathBuf};
 
