@@ -286,3 +286,248 @@ fn the_claim_vector_is_reproduced() {
     let pk = dockerbuild::signing::PublicKey::parse(v["public_key"].as_str().unwrap()).unwrap();
     assert!(pk.verifies(&claim));
 }
+
+// ---- oci:// against a real registry (Debian's docker-registry on loopback) ----
+
+use common::registry::{Fault, Proxy, Registry, flip_middle_byte};
+use dockerbuild::cache::{OciCache, OciOptions};
+
+const REPO: &str = "dockerbuild-test";
+
+/// Quick retries: the registry is local and restarts in well under a second.
+fn quick() -> OciOptions {
+    OciOptions {
+        chunk_size: 1 << 20,
+        retries: 6,
+        backoff: std::time::Duration::from_millis(50),
+        ..OciOptions::default()
+    }
+}
+
+fn oci(url: &str) -> Box<dyn Cache> {
+    Box::new(OciCache::with_options(url, quick()).unwrap())
+}
+
+/// An entry whose export stream is about `mb` MB (incompressible contents).
+fn big_entry(s: &LocalStore, name: &str, mb: usize) -> Entry {
+    let src = tempfile::tempdir().unwrap();
+    let mut state = blake3::Hasher::new();
+    state.update(name.as_bytes());
+    let mut xof = state.finalize_xof();
+    for i in 0..mb {
+        let mut data = vec![0u8; 1 << 20];
+        xof.fill(&mut data);
+        common::write(&src.path().join(format!("part{i}")), &data);
+    }
+    common::write(&src.path().join("small.txt"), b"small");
+    s.add_path(src.path(), &NewEntry::new(name, Kind::Output), &Silent)
+        .unwrap()
+}
+
+/// The sha256 of the layer an entry is stored as (from its `entry-` manifest).
+fn layer_of(reg: &Registry, digest: &Digest) -> String {
+    let m = reg.tag_target(REPO, &format!("entry-{}", digest.to_hex()));
+    let bytes = std::fs::read(reg.blob_file(&m)).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["layers"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn oci_cache_conforms() {
+    let Some(reg) = Registry::start() else { return };
+    let url = reg.url(REPO);
+    conformance(&|| cache::open(&url).unwrap());
+}
+
+/// Tampered or truncated on the registry's disk, or a claim re-tagged under another key:
+/// refused, and nothing enters the store.
+#[test]
+fn oci_tampered_entries_are_refused() {
+    let Some(reg) = Registry::start() else { return };
+    let url = reg.url(REPO);
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"));
+    let signer = SecretKey::generate("test-1").unwrap();
+    let trusted = [signer.public()];
+    let caches = vec![oci(&url)];
+    let key = Digest::of(b"fault key");
+    let e = entry(&a, "victim", 30);
+    cache::upload(caches[0].as_ref(), &key, &e, Some(&signer)).unwrap();
+    let refused = |what: &str| {
+        let fresh = store(&dir.path().join(what.replace(' ', "-")));
+        let err = cache::substitute(&caches, &fresh, &key, &trusted, &Silent).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&url), "{what}: {msg}");
+        assert!(fresh.list().unwrap().is_empty(), "{what}: store unchanged");
+        err
+    };
+
+    // The layer blob: a flipped byte, then truncated.
+    let blob = reg.blob_file(&layer_of(&reg, &e.meta.digest));
+    let good = flip_middle_byte(&blob);
+    let err = refused("flipped blob");
+    assert!(matches!(err, CacheError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("victim"), "{err}");
+    std::fs::write(&blob, &good[..good.len() / 3]).unwrap();
+    let err = refused("truncated blob");
+    assert!(matches!(err, CacheError::Corrupt { .. }), "{err}");
+    std::fs::write(&blob, &good).unwrap();
+
+    // The claim's manifest, edited on disk (another name): its digest no longer matches.
+    let manifest = reg.blob_file(&reg.tag_target(REPO, &format!("key-{}", key.to_hex())));
+    let m = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, m.replace("victim", "victin")).unwrap();
+    let err = refused("edited manifest");
+    assert!(matches!(err, CacheError::Malformed { .. }), "{err}");
+    std::fs::write(&manifest, &m).unwrap();
+
+    // A validly signed claim re-tagged under another key.
+    let moved = Digest::of(b"another build");
+    let from = reg.tag_dir(REPO, &format!("key-{}", key.to_hex()));
+    let to = reg.tag_dir(REPO, &format!("key-{}", moved.to_hex()));
+    std::fs::create_dir_all(to.join("current")).unwrap();
+    std::fs::copy(from.join("current/link"), to.join("current/link")).unwrap();
+    let fresh = store(&dir.path().join("moved"));
+    let err = cache::substitute(&caches, &fresh, &moved, &trusted, &Silent).unwrap_err();
+    assert!(matches!(err, CacheError::Untrusted { .. }), "{err}");
+    assert!(fresh.list().unwrap().is_empty());
+
+    // Restored: accepted.
+    let fresh = store(&dir.path().join("restored"));
+    let got = cache::substitute(&caches, &fresh, &key, &trusted, &Silent).unwrap();
+    assert_eq!(got.unwrap().entry.meta.digest, e.meta.digest);
+}
+
+/// The registry killed (and restarted on the same storage) as the third upload chunk
+/// arrives: the push resumes where the registry stopped; killed in the middle of a chunk:
+/// the registry drops the upload and the push starts over; killed mid-download, and a
+/// connection cut mid-download: the pull resumes with Range. Each ends in the right entry.
+#[test]
+fn oci_transfers_survive_registry_restarts() {
+    let Some(reg) = Registry::start() else { return };
+    let proxy = Proxy::start(reg.clone());
+    let url = proxy.url(REPO);
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"));
+    let c = oci(&url);
+    let caches = vec![oci(&url)];
+
+    // Between chunks: resumed (one upload session for the layer).
+    let e1 = big_entry(&a, "resumed", 5);
+    let k1 = Digest::of(b"resume key");
+    proxy.arm(Fault::KillAtRequest("patch /v2/", 3));
+    cache::upload(c.as_ref(), &k1, &e1, None).unwrap();
+    assert_eq!(proxy.fired(), 1, "the registry was killed mid-push");
+    assert_eq!(
+        proxy.count("post /v2/"),
+        2,
+        "config + one layer upload: resumed"
+    );
+
+    // Mid-chunk: the registry refuses the stale session; started over.
+    let e2 = big_entry(&a, "restarted", 5);
+    let k2 = Digest::of(b"restart key");
+    proxy.arm(Fault::KillAfterUpBytes(2_500_000));
+    cache::upload(c.as_ref(), &k2, &e2, None).unwrap();
+    assert_eq!(proxy.fired(), 2, "the registry was killed mid-push");
+    assert_eq!(proxy.count("post /v2/"), 2, "the layer upload started over");
+
+    // Killed mid-download, then cut mid-download: resumed with Range.
+    for (i, (fault, key, e)) in [
+        (Fault::KillAfterDownBytes(1_500_000), k1, &e1),
+        (Fault::CutAfterDownBytes(2_500_000), k2, &e2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fresh = store(&dir.path().join(format!("pull{i}")));
+        proxy.arm(fault);
+        let got = cache::substitute(&caches, &fresh, &key, &[], &Silent)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.entry.meta.digest, e.meta.digest);
+        assert_eq!(proxy.fired(), 3 + i, "{fault:?} fired");
+        assert!(proxy.count("range: bytes=") >= 1, "{fault:?}: resumed");
+        assert!(fresh.verify_all(&Silent).unwrap().is_empty());
+    }
+    assert!(!reg.log().contains("panic"), "registry log:\n{}", reg.log());
+}
+
+/// Two pushers of one entry at once: both succeed, and the cache holds one valid claim.
+#[test]
+fn oci_concurrent_pushes_of_one_entry() {
+    let Some(reg) = Registry::start() else { return };
+    let url = reg.url(REPO);
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"));
+    let e = big_entry(&a, "shared", 3);
+    let key = Digest::of(b"shared key");
+    let signer = SecretKey::generate("test-1").unwrap();
+    let barrier = std::sync::Barrier::new(2);
+    let claims: Vec<cache::Claim> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let c = oci(&url);
+                    barrier.wait();
+                    cache::upload(c.as_ref(), &key, &e, Some(&signer)).unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(claims[0], claims[1]);
+    let c = oci(&url);
+    assert_eq!(c.list().unwrap(), vec![claims[0].clone()]);
+    let fresh = store(&dir.path().join("fresh"));
+    let got = cache::substitute(&[c], &fresh, &key, &[signer.public()], &Silent).unwrap();
+    assert_eq!(got.unwrap().entry.meta.digest, e.meta.digest);
+}
+
+/// The CLI against a registry: `cache push` from one store, `cache ls`, `cache verify`,
+/// `cache pull` into an empty store gives the same entry.
+#[test]
+fn oci_cache_commands_push_pull_list_and_verify() {
+    let Some(reg) = Registry::start() else { return };
+    let env = common::TestEnv::new();
+    let dir = env.path();
+    let url = reg.url("cli/entries");
+    common::make_tree(&dir.join("tree"), 60, 300_000);
+    let path = env.ok(&[
+        "store",
+        "add",
+        dir.join("tree").to_str().unwrap(),
+        "--name",
+        "shared",
+    ]);
+    let file_name = std::path::Path::new(path.trim()).file_name().unwrap();
+    let digest = format!("blake3:{}", &file_name.to_string_lossy()[..64]);
+    let run = |store: &std::path::Path, args: &[&str]| {
+        let out = env
+            .cmd_with_store(store)
+            .env("DOCKER_CONFIG", dir.join("docker"))
+            .args(["--cache", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out, &args);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&env.store(), &["cache", "push", "shared"]);
+    let ls = run(&env.store(), &["cache", "ls"]);
+    assert!(ls.contains("shared") && ls.contains(&url), "{ls}");
+    run(&env.store(), &["cache", "verify"]);
+
+    let other = dir.join("other-store");
+    let pulled = run(&other, &["cache", "pull", &digest]);
+    assert_eq!(
+        std::path::Path::new(pulled.trim()).file_name(),
+        Some(file_name)
+    );
+    let out = env
+        .cmd_with_store(&other)
+        .args(["store", "verify"])
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"store verify");
+}

@@ -12,11 +12,13 @@
 //! (naming the cache and the entry) without changing the store.
 
 mod file;
+mod oci;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use file::FileCache;
+pub use oci::{OciCache, OciOptions};
 
 use crate::digest::Digest;
 use crate::progress::Progress;
@@ -47,6 +49,31 @@ pub enum CacheError {
         what: String,
         reason: String,
     },
+    #[error(
+        "cache {cache}: {what}: cannot reach the registry\nhint: is it running at that address? Plain http is used only for loopback hosts and those in $DOCKERBUILD_INSECURE_REGISTRIES"
+    )]
+    Unreachable {
+        cache: String,
+        what: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
+    #[error("cache {cache}: {what}: the registry answered {status}: {body}")]
+    Status {
+        cache: String,
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error(
+        "cache {cache}: {what}: the registry refused access ({status})\nhint: log in with `docker login {host}`; credentials are read from $DOCKER_CONFIG/config.json (default ~/.docker/config.json)"
+    )]
+    Denied {
+        cache: String,
+        what: String,
+        status: u16,
+        host: String,
+    },
     #[error("cache {cache}: entry {digest} ({name}) is not what it claims: {source}")]
     Corrupt {
         cache: String,
@@ -71,6 +98,20 @@ impl From<StoreError> for CacheError {
     }
 }
 
+impl CacheError {
+    /// Whether trying again may succeed (the remote was unreachable or overloaded).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CacheError::Unreachable { source, .. } => matches!(
+                **source,
+                ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed
+            ),
+            CacheError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = CacheError> = std::result::Result<T, E>;
 
 /// A binary cache backend.
@@ -90,8 +131,12 @@ pub trait Cache: Send + Sync {
     fn list(&self) -> Result<Vec<Claim>>;
 }
 
-/// Opens a cache by URL: `file:///DIR` (or a plain absolute path).
+/// Opens a cache by URL: `file:///DIR` (or a plain absolute path), or
+/// `oci://HOST[:PORT]/REPO` (a registry repository).
 pub fn open(url: &str) -> Result<Box<dyn Cache>> {
+    if url.starts_with("oci://") {
+        return Ok(Box::new(OciCache::open(url)?));
+    }
     if let Some(path) = url.strip_prefix("file://") {
         return Ok(Box::new(FileCache::open(Path::new(path), url)?));
     }
