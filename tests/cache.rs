@@ -531,3 +531,57 @@ fn oci_cache_commands_push_pull_list_and_verify() {
         .unwrap();
     common::assert_success(&out, &"store verify");
 }
+
+/// A registry asking for credentials: without them, the error says how to log in; with
+/// them in `$DOCKER_CONFIG/config.json`, push and pull work.
+#[test]
+fn oci_cache_uses_docker_credentials() {
+    // bcrypt("hunter2"), fixed salt: the registry accepts only bcrypt in htpasswd.
+    let hash = "$2b$05$abcdefghijklmnopqrstuuoXuKqgZXLiJqzfmMXDDhSFPIvxV7t8.";
+    let Some(reg) = Registry::start_with_htpasswd(&format!("ci:{hash}")) else {
+        return;
+    };
+    let env = common::TestEnv::new();
+    let dir = env.path();
+    let url = reg.url(REPO);
+    common::write(&dir.join("tree/a.txt"), b"secret stuff");
+    env.ok(&[
+        "store",
+        "add",
+        dir.join("tree").to_str().unwrap(),
+        "--name",
+        "private",
+    ]);
+    let push = |docker: &std::path::Path| {
+        env.cmd()
+            .env("DOCKER_CONFIG", docker)
+            .args(["--cache", &url, "cache", "push", "private"])
+            .output()
+            .unwrap()
+    };
+    let out = push(&dir.join("no-docker-config"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&url) && err.contains(&format!("docker login 127.0.0.1:{}", reg.port)),
+        "{err}"
+    );
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ci:hunter2");
+    common::write(
+        &dir.join("docker/config.json"),
+        format!(
+            r#"{{"auths": {{"127.0.0.1:{}": {{"auth": "{auth}"}}}}}}"#,
+            reg.port
+        )
+        .as_bytes(),
+    );
+    common::assert_success(&push(&dir.join("docker")), &"cache push with credentials");
+    let out = env
+        .cmd()
+        .env("DOCKER_CONFIG", dir.join("docker"))
+        .args(["--cache", &url, "cache", "ls"])
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"cache ls");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("private"));
+}

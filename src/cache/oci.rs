@@ -1024,3 +1024,60 @@ impl Read for BlobReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_the_scheme_and_refuse_bad_repositories() {
+        let c = OciCache::open("oci://127.0.0.1:5000/team/cache").unwrap();
+        assert_eq!(c.inner.base, "http://127.0.0.1:5000/v2/team/cache");
+        let c = OciCache::open("oci://localhost/cache/").unwrap();
+        assert_eq!(c.inner.base, "http://localhost/v2/cache");
+        let c = OciCache::open("oci://[::1]:5000/cache").unwrap();
+        assert!(c.inner.base.starts_with("http://"));
+        let c = OciCache::open("oci://registry.example:5000/cache").unwrap();
+        assert_eq!(c.inner.base, "https://registry.example:5000/v2/cache");
+        for bad in [
+            "oci://host",
+            "oci:///repo",
+            "oci://host/Upper",
+            "oci://host/a//b",
+            "oci://host/-a",
+        ] {
+            assert!(
+                matches!(OciCache::open(bad), Err(CacheError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bearer_challenges_are_parsed() {
+        let p = challenge_params(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(
+            p,
+            vec![
+                ("realm".into(), "https://auth.example/token".into()),
+                ("service".into(), "registry.example".into()),
+                ("scope".into(), "repository:a/b:pull,push".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn tags_fit_the_distribution_spec() {
+        let d = Digest::of(b"x");
+        for tag in [OciCache::entry_tag(&d), OciCache::key_tag(&d)] {
+            assert!(tag.len() <= 128, "{tag}");
+            assert!(
+                tag.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            );
+        }
+        assert_eq!(sha256_hex(b"{}"), EMPTY_DIGEST);
+    }
+}

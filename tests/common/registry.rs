@@ -38,6 +38,15 @@ impl Registry {
     /// A fresh registry, or None (after saying why) when `docker-registry` is missing;
     /// under `CI=true` a missing registry fails the test.
     pub fn start() -> Option<Arc<Registry>> {
+        Registry::start_with(None)
+    }
+
+    /// A registry that asks for Basic auth: `htpasswd` is a `user:bcrypt-hash` line.
+    pub fn start_with_htpasswd(htpasswd: &str) -> Option<Arc<Registry>> {
+        Registry::start_with(Some(htpasswd))
+    }
+
+    fn start_with(htpasswd: Option<&str>) -> Option<Arc<Registry>> {
         let program = on_path("docker-registry");
         if !super::available(
             "docker-registry (apt-get install docker-registry)",
@@ -47,12 +56,20 @@ impl Registry {
         }
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: dockerbuild-tests\n",
             dir.path().join("storage").display()
         );
+        if let Some(line) = htpasswd {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{line}\n")).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: dockerbuild-tests\n    path: {}\n",
+                file.display()
+            ));
+        }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let r = Registry {
             port,
@@ -117,7 +134,10 @@ impl Registry {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut head = [0u8; 12];
-                if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.0 200") {
+                // 200, or 401 when it asks for credentials: it is serving.
+                if s.read_exact(&mut head).is_ok()
+                    && (head.starts_with(b"HTTP/1.0 200") || head.starts_with(b"HTTP/1.0 401"))
+                {
                     return;
                 }
             }
