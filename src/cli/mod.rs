@@ -57,8 +57,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub project: Option<PathBuf>,
 
-    /// A binary cache to look things up in before building, ahead of the configured ones
-    /// (file:///DIR); repeatable
+    /// A binary cache to look things up in before building, ahead of the configured ones:
+    /// file:///DIR, or oci://HOST[:PORT]/REPO (a registry repository; credentials from
+    /// $DOCKER_CONFIG/config.json, https unless loopback); repeatable
     #[arg(long = "cache", global = true, value_name = "URL")]
     pub caches: Vec<String>,
 
