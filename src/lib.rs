@@ -19,6 +19,8 @@
 //! - [`build`]: hermetic builds in those images, keyed by everything that went in.
 //! - [`cache`]: binary caches (`file://`, `oci://`) that substitute entries instead of
 //!   building them; [`signing`]: ed25519 keys and signed claims.
+//! - [`registry`]: a blocking OCI distribution (registry API) client: resumable blob
+//!   transfers, manifests checked against their digests, Docker credentials.
 //! - [`recipe`]: named, checked-in builds (`recipes/*.toml`): interpreters, git, ...
 //! - [`config`]: `config.toml` and where the store lives by default.
 //! - [`progress`]: how long operations report progress without printing.
@@ -45,6 +47,7 @@ pub mod lock;
 pub mod progress;
 pub mod project;
 pub mod recipe;
+pub mod registry;
 pub mod signing;
 pub mod source;
 pub mod store;

@@ -378,7 +378,7 @@ fn oci_tampered_entries_are_refused() {
     let m = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, m.replace("victim", "victin")).unwrap();
     let err = refused("edited manifest");
-    assert!(matches!(err, CacheError::Malformed { .. }), "{err}");
+    assert!(err.to_string().contains("its bytes hash to"), "{err}");
     std::fs::write(&manifest, &m).unwrap();
 
     // A validly signed claim re-tagged under another key.

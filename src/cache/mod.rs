@@ -49,31 +49,6 @@ pub enum CacheError {
         what: String,
         reason: String,
     },
-    #[error(
-        "cache {cache}: {what}: cannot reach the registry\nhint: is it running at that address? Plain http is used only for loopback hosts and those in $DOCKERBUILD_INSECURE_REGISTRIES"
-    )]
-    Unreachable {
-        cache: String,
-        what: String,
-        #[source]
-        source: Box<ureq::Error>,
-    },
-    #[error("cache {cache}: {what}: the registry answered {status}: {body}")]
-    Status {
-        cache: String,
-        what: String,
-        status: u16,
-        body: String,
-    },
-    #[error(
-        "cache {cache}: {what}: the registry refused access ({status})\nhint: log in with `docker login {host}`; credentials are read from $DOCKER_CONFIG/config.json (default ~/.docker/config.json)"
-    )]
-    Denied {
-        cache: String,
-        what: String,
-        status: u16,
-        host: String,
-    },
     #[error("cache {cache}: entry {digest} ({name}) is not what it claims: {source}")]
     Corrupt {
         cache: String,
@@ -90,25 +65,19 @@ pub enum CacheError {
     ReadOnly { cache: String },
     #[error(transparent)]
     Store(Box<StoreError>),
+    #[error(transparent)]
+    Registry(Box<crate::registry::RegistryError>),
+}
+
+impl From<crate::registry::RegistryError> for CacheError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        CacheError::Registry(Box::new(e))
+    }
 }
 
 impl From<StoreError> for CacheError {
     fn from(e: StoreError) -> Self {
         CacheError::Store(Box::new(e))
-    }
-}
-
-impl CacheError {
-    /// Whether trying again may succeed (the remote was unreachable or overloaded).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            CacheError::Unreachable { source, .. } => matches!(
-                **source,
-                ureq::Error::Io(_) | ureq::Error::Timeout(_) | ureq::Error::ConnectionFailed
-            ),
-            CacheError::Status { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
-        }
     }
 }
 
