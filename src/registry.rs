@@ -759,15 +759,32 @@ impl Repository {
         media_type: &str,
         what: &str,
     ) -> Result<()> {
-        self.call(
-            Method::PUT,
-            &self.manifest_url(reference),
-            &[],
-            &Body::Bytes(bytes, media_type),
-            &[StatusCode::CREATED, StatusCode::OK],
-            what,
-        )?;
-        Ok(())
+        // A registry may briefly not see a blob another writer of the same blob is linking
+        // into the repository (registry 2.8 rewrites the link in place): `BLOB_UNKNOWN`
+        // right after our upload completed is worth a few more tries.
+        let mut delay = self.opts.backoff;
+        let mut n = 0;
+        loop {
+            match self.call(
+                Method::PUT,
+                &self.manifest_url(reference),
+                &[],
+                &Body::Bytes(bytes, media_type),
+                &[StatusCode::CREATED, StatusCode::OK],
+                what,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(RegistryError::Status {
+                    status: 400, body, ..
+                }) if n < self.opts.retries && body.contains("BLOB_UNKNOWN") => {
+                    n += 1;
+                    debug!(reference, "the registry does not see a blob yet: {body}");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Every tag of the repository, following `Link` pagination.
@@ -898,7 +915,7 @@ impl Read for BlobReader {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::InvalidData,
                             format!(
-                                "the layer of {} hashes to {actual}, not {}",
+                                "{}: its bytes hash to {actual}, not {}",
                                 self.what, self.expected
                             ),
                         ));

@@ -55,30 +55,50 @@ impl Registry {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: dockerbuild-tests\n",
-            dir.path().join("storage").display()
-        );
-        if let Some(line) = htpasswd {
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, format!("{line}\n")).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: dockerbuild-tests\n    path: {}\n",
-                file.display()
-            ));
-        }
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let r = Registry {
-            port,
+        // A free port may be taken by another test's registry before ours binds it: the
+        // registry answers with a header naming its directory, so a probe answered by
+        // another one is told apart, and a registry that could not bind is retried.
+        let mut r = Registry {
+            port: 0,
             dir,
             program: program.unwrap(),
             child: Mutex::new(None),
         };
-        r.spawn();
-        Some(Arc::new(r))
+        for _ in 0..5 {
+            r.port = free_port();
+            let mut config = format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{}\n  secret: dockerbuild-tests\n  headers:\n    \
+                 X-Test-Registry: [\"{}\"]\n",
+                r.dir.path().join("storage").display(),
+                r.port,
+                r.id()
+            );
+            if let Some(line) = htpasswd {
+                let file = r.dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{line}\n")).unwrap();
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: dockerbuild-tests\n    path: {}\n",
+                    file.display()
+                ));
+            }
+            std::fs::write(r.dir.path().join("config.yml"), config).unwrap();
+            if r.spawn() {
+                return Some(Arc::new(r));
+            }
+        }
+        panic!("docker-registry did not start:\n{}", r.log());
+    }
+
+    /// What the registry's `X-Test-Registry` header says: its directory's name.
+    fn id(&self) -> String {
+        self.dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// `oci://127.0.0.1:PORT/REPO`
@@ -114,7 +134,9 @@ impl Registry {
             .join(tag)
     }
 
-    fn spawn(&self) {
+    /// Starts the registry and waits until it serves; false if it exited first (its port
+    /// was taken).
+    fn spawn(&self) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -129,22 +151,33 @@ impl Registry {
             .spawn()
             .unwrap();
         *self.child.lock().unwrap() = Some(child);
+        let mine = format!("x-test-registry: {}", self.id()).to_ascii_lowercase();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut head = [0u8; 12];
-                // 200, or 401 when it asks for credentials: it is serving.
-                if s.read_exact(&mut head).is_ok()
-                    && (head.starts_with(b"HTTP/1.0 200") || head.starts_with(b"HTTP/1.0 401"))
-                {
-                    return;
+                let mut answer = Vec::new();
+                let _ = s.read_to_end(&mut answer);
+                let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+                // Any answer carrying our header (200, or 401 when it asks for credentials).
+                if answer.contains(&mine) {
+                    return true;
                 }
+            }
+            let exited = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .is_none_or(|c| c.try_wait().unwrap().is_some());
+            if exited {
+                self.kill();
+                return false;
             }
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not start:\n{}",
-                std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -160,7 +193,11 @@ impl Registry {
     /// Kills it and starts it again on the same port and storage.
     pub fn restart(&self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "docker-registry did not restart:\n{}",
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
