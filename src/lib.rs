@@ -19,6 +19,7 @@
 //! - [`build`]: hermetic builds in those images, keyed by everything that went in.
 //! - [`cache`]: binary caches (`file://`, `oci://`) that substitute entries instead of
 //!   building them; [`signing`]: ed25519 keys and signed claims.
+//! - [`mirror`]: `docker-mirror`, copying an image between registries by digest.
 //! - [`registry`]: a blocking OCI distribution (registry API) client: resumable blob
 //!   transfers, manifests checked against their digests, Docker credentials.
 //! - [`recipe`]: named, checked-in builds (`recipes/*.toml`): interpreters, git, ...
@@ -44,6 +45,7 @@ pub mod docker;
 pub mod fetch;
 pub mod image;
 pub mod lock;
+pub mod mirror;
 pub mod progress;
 pub mod project;
 pub mod recipe;

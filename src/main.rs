@@ -69,5 +69,6 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Clean => cli::docker::clean(g),
         Command::Cache(cmd) => cli::cache::run(cmd, g, &config, &store_dir),
         Command::Key(cmd) => cli::cache::key(cmd),
+        Command::DockerMirror(args) => cli::docker::mirror(args, g),
     }
 }

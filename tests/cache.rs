@@ -585,3 +585,152 @@ fn oci_cache_uses_docker_credentials() {
     common::assert_success(&out, &"cache ls");
     assert!(String::from_utf8_lossy(&out.stdout).contains("private"));
 }
+
+// ---- docker-mirror between two registries ----
+
+/// A multi-platform index built here (two platform manifests sharing a layer) is copied
+/// from one registry to another: the same digests, every manifest and blob there; a second
+/// run copies nothing; a source blob tampered on disk fails the copy before the tag moves.
+#[test]
+fn docker_mirror_copies_a_multi_platform_index_by_digest() {
+    use dockerbuild::registry::{OciOptions, Repository, sha256_hex};
+    use std::sync::Arc;
+    let (Some(a), Some(b)) = (Registry::start(), Registry::start()) else {
+        return;
+    };
+    let src = Arc::new(
+        Repository::open(
+            "src",
+            &format!("127.0.0.1:{}", a.port),
+            "img",
+            OciOptions::default(),
+        )
+        .unwrap(),
+    );
+    let push_blob = |bytes: &[u8]| {
+        let d = sha256_hex(bytes);
+        src.upload_blob_bytes(bytes, &d, "test blob").unwrap();
+        serde_json::json!({"digest": d, "size": bytes.len()})
+    };
+    let shared = push_blob(&vec![7u8; 200_000]);
+    let mut children = Vec::new();
+    let mut blobs = vec![shared["digest"].as_str().unwrap().to_owned()];
+    for arch in ["amd64", "arm64"] {
+        let mut config =
+            push_blob(format!(r#"{{"architecture":"{arch}","os":"linux"}}"#).as_bytes());
+        config["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+        let mut own = push_blob(format!("{arch} layer").repeat(5000).as_bytes());
+        let mut shared = shared.clone();
+        for l in [&mut own, &mut shared] {
+            l["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+        }
+        blobs.extend([&config, &own].map(|d| d["digest"].as_str().unwrap().to_owned()));
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": [shared, own],
+        }))
+        .unwrap();
+        let d = sha256_hex(&manifest);
+        src.put_manifest(
+            &d,
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+            "test",
+        )
+        .unwrap();
+        children.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": d,
+            "size": manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let index = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": children,
+    }))
+    .unwrap();
+    let index_digest = sha256_hex(&index);
+    src.put_manifest(
+        "v1",
+        &index,
+        "application/vnd.oci.image.index.v1+json",
+        "test",
+    )
+    .unwrap();
+
+    let env = common::TestEnv::new();
+    let mirror = |to: &str| {
+        env.cmd()
+            .env("DOCKER_CONFIG", env.path().join("docker"))
+            .args([
+                "--json",
+                "docker-mirror",
+                &format!("127.0.0.1:{}/img:v1", a.port),
+                &format!("127.0.0.1:{}/{to}", b.port),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = mirror("copy/img");
+    common::assert_success(&out, &"docker-mirror");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["digest"], index_digest.as_str(), "{report}");
+    assert_eq!(report["manifests"], 3, "{report}");
+    assert_eq!(report["blobs_copied"], 5, "{report}");
+
+    let dst = Arc::new(
+        Repository::open(
+            "dst",
+            &format!("127.0.0.1:{}", b.port),
+            "copy/img",
+            OciOptions::default(),
+        )
+        .unwrap(),
+    );
+    let got = dst
+        .get_manifest("v1", &["application/vnd.oci.image.index.v1+json"], "test")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.bytes, index, "the index, byte for byte");
+    assert_eq!(got.digest, index_digest);
+    for c in &children {
+        let d = c["digest"].as_str().unwrap();
+        assert!(
+            dst.get_manifest(d, &dockerbuild::registry::MANIFEST_TYPES, "test")
+                .unwrap()
+                .is_some()
+        );
+    }
+    for d in &blobs {
+        assert!(dst.has_blob(d, "test").unwrap(), "{d}");
+    }
+
+    // Again: nothing to copy.
+    let out = mirror("copy/img");
+    common::assert_success(&out, &"docker-mirror again");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["blobs_copied"], 0, "{report}");
+
+    // A source blob changed on disk: refused, and the destination has no tag.
+    flip_middle_byte(&a.blob_file(blobs.last().unwrap()));
+    let out = mirror("tampered");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hash to"), "{err}");
+    let bad = Repository::open(
+        "bad",
+        &format!("127.0.0.1:{}", b.port),
+        "tampered",
+        OciOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        bad.get_manifest("v1", &dockerbuild::registry::MANIFEST_TYPES, "t")
+            .unwrap()
+            .is_none()
+    );
+}

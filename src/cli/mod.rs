@@ -121,6 +121,14 @@ pub enum Command {
     /// Make signing keys for binary caches
     #[command(subcommand)]
     Key(cache::KeyCommand),
+    /// Copy an image from one registry to another by digest
+    ///
+    /// SRC is HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:HEX; DST is
+    /// HOST[:PORT]/REPO[:TAG] (default: SRC's tag). A multi-platform index, every manifest
+    /// it lists and every blob they use are copied unchanged, so digests survive; blobs
+    /// DST has are skipped. Prints the top digest. Credentials from
+    /// $DOCKER_CONFIG/config.json; https unless loopback.
+    DockerMirror(docker::MirrorArgs),
 }
 
 #[cfg(test)]
