@@ -734,3 +734,30 @@ fn docker_mirror_copies_a_multi_platform_index_by_digest() {
             .is_none()
     );
 }
+
+/// A push whose registry dies for good fails, naming the cache; once the registry is back,
+/// nothing of it is visible: no claim, no entry.
+#[test]
+fn oci_failed_push_publishes_nothing() {
+    let Some(reg) = Registry::start() else { return };
+    let proxy = Proxy::start(reg.clone());
+    let url = proxy.url(REPO);
+    let dir = tempfile::tempdir().unwrap();
+    let a = store(&dir.path().join("a"));
+    let impatient = OciOptions {
+        retries: 2,
+        ..quick()
+    };
+    let c = OciCache::with_options(&url, impatient).unwrap();
+    let e = big_entry(&a, "doomed", 3);
+    let key = Digest::of(b"doomed key");
+    proxy.arm(Fault::StopAfterUpBytes(1_500_000));
+    let err = cache::upload(&c, &key, &e, None).unwrap_err().to_string();
+    eprintln!("failed push: {err}");
+    assert!(err.contains(&url) && err.contains("doomed"), "{err}");
+    reg.restart();
+    let c = oci(&url);
+    assert!(c.lookup(&key).unwrap().is_none());
+    assert!(!c.has_entry(&e.meta.digest).unwrap());
+    assert!(c.list().unwrap().is_empty());
+}

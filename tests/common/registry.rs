@@ -220,6 +220,8 @@ pub enum Fault {
     KillAtRequest(&'static str, usize),
     /// Kill and restart the registry after forwarding `n` more bytes to it; cut.
     KillAfterUpBytes(u64),
+    /// Kill the registry (for good) after forwarding `n` more bytes to it; cut.
+    StopAfterUpBytes(u64),
     /// Kill and restart the registry after forwarding `n` more bytes from it; cut.
     KillAfterDownBytes(u64),
     /// Cut the connection after forwarding `n` more bytes from the registry.
@@ -376,26 +378,31 @@ impl ProxyState {
                 return;
             }
             let mut forward = n;
-            let mut fire = false;
+            let mut fire = None;
             {
                 let mut fault = self.fault.lock().unwrap();
                 let before = self.up.fetch_add(n as u64, Ordering::SeqCst);
-                if let Fault::KillAfterUpBytes(limit) = *fault
+                if let Fault::KillAfterUpBytes(limit) | Fault::StopAfterUpBytes(limit) = *fault
                     && before + n as u64 >= limit
                 {
                     forward = (limit - before.min(limit)) as usize;
+                    fire = Some(matches!(*fault, Fault::KillAfterUpBytes(_)));
                     *fault = Fault::None;
-                    fire = true;
                 }
             }
             if to.write_all(&buf[..forward]).is_err() {
                 return;
             }
-            if fire {
-                self.fire(true);
-                cut(&from, &to);
-                return;
+            match fire {
+                Some(true) => self.fire(true),
+                Some(false) => {
+                    self.fired.fetch_add(1, Ordering::SeqCst);
+                    self.registry.kill();
+                }
+                None => continue,
             }
+            cut(&from, &to);
+            return;
         }
     }
 
