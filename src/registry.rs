@@ -201,8 +201,12 @@ fn docker_credentials(host: &str) -> Option<String> {
     let dir = std::env::var_os("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".docker")))?;
-    let path = dir.join("config.json");
-    let text = std::fs::read(&path).ok()?;
+    credentials_in(&dir.join("config.json"), host)
+}
+
+/// `auths.<host>` of a Docker config file (keys may carry a scheme and a path).
+fn credentials_in(path: &Path, host: &str) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
     let v: serde_json::Value = match serde_json::from_slice(&text) {
         Ok(v) => v,
         Err(e) => {
@@ -991,6 +995,31 @@ mod tests {
                 ("scope".into(), "repository:a/b:pull,push".into()),
             ]
         );
+    }
+
+    #[test]
+    fn docker_config_credentials_are_found_by_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(
+            &path,
+            r#"{"auths": {
+                "https://registry.example/v1/": {"auth": "dTpw"},
+                "127.0.0.1:5000": {"username": "u", "password": "p"}
+            }}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            credentials_in(&path, "registry.example").as_deref(),
+            Some("dTpw")
+        );
+        assert_eq!(
+            credentials_in(&path, "127.0.0.1:5000").as_deref(),
+            Some("dTpw")
+        );
+        assert_eq!(credentials_in(&path, "127.0.0.1:5001"), None);
+        std::fs::write(&path, "not json").unwrap();
+        assert_eq!(credentials_in(&path, "registry.example"), None);
     }
 
     #[test]
