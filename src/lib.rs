@@ -19,6 +19,9 @@
 //! - [`build`]: hermetic builds in those images, keyed by everything that went in.
 //! - [`cache`]: binary caches (`file://`, `cipd://`, `oci://`) that substitute entries instead of
 //!   building them; [`signing`]: ed25519 keys and signed claims.
+//! - [`mirror`]: `docker-mirror`, copying an image between registries by digest.
+//! - [`registry`]: a blocking OCI distribution (registry API) client: resumable blob
+//!   transfers, manifests checked against their digests, Docker credentials.
 //! - [`recipe`]: named, checked-in builds (`recipes/*.toml`): interpreters, git, ...
 //! - [`config`]: `config.toml` and where the store lives by default.
 //! - [`progress`]: how long operations report progress without printing.
@@ -42,9 +45,11 @@ pub mod docker;
 pub mod fetch;
 pub mod image;
 pub mod lock;
+pub mod mirror;
 pub mod progress;
 pub mod project;
 pub mod recipe;
+pub mod registry;
 pub mod signing;
 pub mod source;
 pub mod store;

@@ -10,6 +10,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 need_apt=()
 command -v b3sum >/dev/null || need_apt+=(b3sum)
 command -v unshare >/dev/null || need_apt+=(util-linux)
+command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "installing ${need_apt[*]} from Debian"

@@ -13,12 +13,14 @@
 
 pub mod cipd;
 mod file;
+mod oci;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use cipd::CipdCache;
 pub use file::FileCache;
+pub use oci::{OciCache, OciOptions};
 
 use crate::digest::Digest;
 use crate::progress::Progress;
@@ -75,6 +77,14 @@ pub enum CacheError {
     ReadOnly { cache: String },
     #[error(transparent)]
     Store(Box<StoreError>),
+    #[error(transparent)]
+    Registry(Box<crate::registry::RegistryError>),
+}
+
+impl From<crate::registry::RegistryError> for CacheError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        CacheError::Registry(Box::new(e))
+    }
 }
 
 impl From<StoreError> for CacheError {
@@ -103,8 +113,12 @@ pub trait Cache: Send + Sync {
 }
 
 /// Opens a cache by URL: `file:///DIR` (or a plain absolute path), or
-/// `cipd://HOST[:PORT][/PREFIX]` (token from `DOCKERBUILD_CIPD_TOKEN`).
+/// `cipd://HOST[:PORT][/PREFIX]` (token from `DOCKERBUILD_CIPD_TOKEN`), or
+/// `oci://HOST[:PORT]/REPO` (a registry repository).
 pub fn open(url: &str) -> Result<Box<dyn Cache>> {
+    if url.starts_with("oci://") {
+        return Ok(Box::new(OciCache::open(url)?));
+    }
     if url.starts_with("cipd://") {
         return Ok(Box::new(CipdCache::open(url)?));
     }

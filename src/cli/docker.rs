@@ -1,5 +1,5 @@
 //! `docker-generate`, `run`, `shell`, `entrypoint` and `clean`: toolchain images and
-//! commands in them.
+//! commands in them; `docker-mirror`: images copied between registries.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,14 @@ pub struct GenerateArgs {
     /// The platform (a toolchains/*.toml name), e.g. linux-arm64; repeat for several
     #[arg(long = "platform", short = 'p', required = true)]
     pub platforms: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:HEX
+    pub src: String,
+    /// HOST[:PORT]/REPO[:TAG]
+    pub dst: String,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +303,48 @@ pub fn clean(g: &GlobalArgs) -> Result<i32> {
             report.containers.len(),
             report.images.len()
         ));
+    }
+    Ok(0)
+}
+
+pub fn mirror(args: MirrorArgs, g: &GlobalArgs) -> Result<i32> {
+    use dockerbuild::registry::{OciOptions, Repository, parse_reference};
+    use std::sync::Arc;
+    let (src_host, src_repo, reference) = parse_reference(&args.src)?;
+    let (dst_host, dst_repo, dst_ref) = parse_reference(&args.dst)?;
+    let reference =
+        reference.with_context(|| format!("`{}` names no tag or digest to copy", args.src))?;
+    if dst_ref.as_deref().is_some_and(|r| r.starts_with("sha256:")) {
+        bail!("`{}`: the destination takes a tag, not a digest", args.dst);
+    }
+    let tag = dst_ref.or_else(|| (!reference.starts_with("sha256:")).then(|| reference.clone()));
+    let src = Arc::new(Repository::open(
+        &args.src,
+        &src_host,
+        &src_repo,
+        OciOptions::default(),
+    )?);
+    let dst = Arc::new(Repository::open(
+        &args.dst,
+        &dst_host,
+        &dst_repo,
+        OciOptions::default(),
+    )?);
+    let done = dockerbuild::mirror::mirror(&src, &reference, &dst, tag.as_deref())?;
+    if g.json {
+        output::json(&serde_json::json!({
+            "digest": done.digest,
+            "manifests": done.manifests,
+            "blobs_copied": done.blobs_copied,
+            "blobs_present": done.blobs_present,
+            "bytes_copied": done.bytes_copied,
+        }))?;
+    } else {
+        output::status(format!(
+            "{} manifests, {} blobs copied ({} bytes), {} already there",
+            done.manifests, done.blobs_copied, done.bytes_copied, done.blobs_present
+        ));
+        println!("{}", done.digest);
     }
     Ok(0)
 }

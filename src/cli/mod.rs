@@ -59,8 +59,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub project: Option<PathBuf>,
 
-    /// A binary cache to look things up in before building, ahead of the configured ones
-    /// (file:///DIR, cipd://HOST[/PREFIX]); repeatable
+    /// A binary cache to look things up in before building, ahead of the configured ones:
+    /// file:///DIR, oci://HOST[:PORT]/REPO (a registry repository; credentials from
+    /// $DOCKER_CONFIG/config.json, https unless loopback) or cipd://HOST[/PREFIX];
+    /// repeatable
     #[arg(long = "cache", global = true, value_name = "URL")]
     pub caches: Vec<String>,
 
@@ -137,6 +139,14 @@ pub enum Command {
     /// CIPD helpers: ensure files for published packages
     #[command(subcommand)]
     Cipd(cipd::CipdCommand),
+    /// Copy an image from one registry to another by digest
+    ///
+    /// SRC is HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:HEX; DST is
+    /// HOST[:PORT]/REPO[:TAG] (default: SRC's tag). A multi-platform index, every manifest
+    /// it lists and every blob they use are copied unchanged, so digests survive; blobs
+    /// DST has are skipped. Prints the top digest. Credentials from
+    /// $DOCKER_CONFIG/config.json; https unless loopback.
+    DockerMirror(docker::MirrorArgs),
 }
 
 #[cfg(test)]

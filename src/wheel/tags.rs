@@ -408,7 +408,7 @@ mod tests {
         let p = promise("linux_aarch64", None);
         let ok = facts(elf::EM_AARCH64, Some((2, 17)), &["libc.so.6"], None);
         assert_eq!(
-            true_tag("w", &[ok.clone()], &p).unwrap(),
+            true_tag("w", std::slice::from_ref(&ok), &p).unwrap(),
             "manylinux_2_17_aarch64"
         );
         let newer = facts(
