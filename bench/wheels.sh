@@ -26,7 +26,7 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 cp "$sdist" "$work/psutil.tar.gz"
 db docker-generate -p native-arm64 >/dev/null
 native=$(t db run -p native-arm64 --workdir "$work" -- sh -c \
-  'mkdir -p /tmp/b && tar -xzf psutil.tar.gz -C /tmp/b && cd /tmp/b/psutil-5.9.8 &&
+  'mkdir -p /tmp/b && tar --no-same-owner -xzf psutil.tar.gz -C /tmp/b && cd /tmp/b/psutil-5.9.8 &&
    python3 -c "import setuptools.build_meta as b; print(b.build_wheel(\"/tmp/dist\"))"')
 echo "cross (wheel-build --rebuild): ${cross}s   emulated native: ${native}s"
 echo "ratio emulated / cross: $(r "$native" "$cross")   (target >= 10)"

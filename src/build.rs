@@ -150,7 +150,9 @@ pub fn build(
     output: &mut dyn FnMut(&[u8]),
 ) -> Result<Built, BuildError> {
     let key = key(spec, image);
-    if let Some(entry) = find(store, &key)? {
+    if !opts.rebuild
+        && let Some(entry) = find(store, &key)?
+    {
         return Ok(Built {
             key,
             entry,
