@@ -110,6 +110,10 @@ pub struct JobResult {
     /// The wheel files (inside `path`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub wheels: Vec<PathBuf>,
+    /// For built wheels, the platform tag each can truthfully carry, from what its
+    /// binaries need ([`super::tags`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     pub wanted: bool,
 }
 
@@ -488,6 +492,7 @@ fn empty_result(job: &Job, status: Status) -> JobResult {
         digest: None,
         path: None,
         wheels: Vec::new(),
+        tags: Vec::new(),
         wanted: job.wanted,
     }
 }
@@ -547,6 +552,9 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
             if result.wheels.is_empty() {
                 return Err(format!("{} holds no .whl file", entry.path.display()).into());
             }
+            if t.how == How::Build && !s.kind.is_universal() {
+                result.tags = true_tags(cx, &t.platform, &result.wheels)?;
+            }
             result.status = status;
             result.key = Some(key);
             result.digest = Some(entry.meta.digest);
@@ -554,6 +562,27 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
         }
     }
     Ok(result)
+}
+
+/// The truthful tag of each built wheel; an error when its binaries break what the
+/// platform promises (ARMv7 code in an ARMv6 wheel, a glibc newer than the floor).
+fn true_tags(cx: &Context, platform: &str, wheels: &[PathBuf]) -> Result<Vec<String>, BoxError> {
+    let pf = cx.catalogue.platform(platform).ok_or("unknown platform")?;
+    let zig = cx
+        .project
+        .toolchains
+        .iter()
+        .find(|tc| tc.name == platform)
+        .and_then(|tc| tc.env.get("ZIG_TARGET"));
+    let promise = super::tags::Promise::of(&pf.wheel_tags, zig.map(|z| z.as_str()))
+        .ok_or_else(|| format!("platform `{platform}` has no linux or manylinux wheel tag"))?;
+    let mut tags = Vec::new();
+    for w in wheels {
+        let facts = super::tags::inspect_wheel(w)?;
+        let name = w.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        tags.push(super::tags::true_tag(&name, &facts, &promise)?);
+    }
+    Ok(tags)
 }
 
 /// The `.whl` files of a wheel entry (a directory of them), sorted.
