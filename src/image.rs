@@ -125,16 +125,6 @@ pub fn generate(
     progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
 ) -> Result<Image, ImageError> {
     let (tc, debs, unpacks, key) = resolve(project, lock, platform)?;
-    if let Some(e) = store.resolve_key(&key)? {
-        caches.offer(&key, &e)?;
-        return Ok(Image {
-            platform: platform.to_owned(),
-            id: e.meta.version.clone().unwrap_or_default(),
-            key,
-            entry: e.path,
-            cached: true,
-        });
-    }
     // One generation per image at a time, across threads and processes: who waited
     // finds the other's result.
     let _generating = store.lock_key(&key)?;

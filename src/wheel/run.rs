@@ -579,7 +579,10 @@ fn true_tags(cx: &Context, platform: &str, wheels: &[PathBuf]) -> Result<Vec<Str
     let mut tags = Vec::new();
     for w in wheels {
         let facts = super::tags::inspect_wheel(w)?;
-        let name = w.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = w
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         tags.push(super::tags::true_tag(&name, &facts, &promise)?);
     }
     Ok(tags)
