@@ -372,8 +372,14 @@ fn markupsafe_and_cffi_wheels_import_on_arm64_and_armv7() {
             "{w}"
         );
     }
+    assert_eq!(containers_started_since(&since), "", "no container started");
+    assert_eq!(std::fs::read_dir(again.path()).unwrap().count(), 5);
+}
+
+/// The dockerbuild containers Docker started since `since` (Unix seconds), one per line.
+fn containers_started_since(since: &str) -> String {
     let events = Command::new("docker")
-        .args(["events", "--since", &since, "--until", &chrono_now()])
+        .args(["events", "--since", since, "--until", &chrono_now()])
         .args([
             "--filter",
             "label=org.dockerbuild.managed=true",
@@ -382,13 +388,8 @@ fn markupsafe_and_cffi_wheels_import_on_arm64_and_armv7() {
         ])
         .output()
         .unwrap();
-    assert!(events.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&events.stdout).trim(),
-        "",
-        "no container started"
-    );
-    assert_eq!(std::fs::read_dir(again.path()).unwrap().count(), 5);
+    common::assert_success(&events, &"docker events");
+    String::from_utf8_lossy(&events.stdout).trim().to_owned()
 }
 
 /// `docker events` wants a time; Unix seconds do.
@@ -528,21 +529,7 @@ fn wheels_are_substituted_from_a_file_cache_into_an_empty_store() {
     let a = std::fs::read(wheel_named(first.path(), name)).unwrap();
     let b = std::fs::read(wheel_named(second.path(), name)).unwrap();
     assert!(a == b, "identical wheel bytes");
-    let events = Command::new("docker")
-        .args(["events", "--since", &since, "--until", &chrono_now()])
-        .args([
-            "--filter",
-            "label=org.dockerbuild.managed=true",
-            "--filter",
-            "event=start",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&events.stdout).trim(),
-        "",
-        "no container started"
-    );
+    assert_eq!(containers_started_since(&since), "", "no container started");
     let ls = dockerbuild(&store, &repo())
         .args(["store", "ls"])
         .output()
