@@ -493,20 +493,36 @@ fn armv6_wheels_are_armv6_and_import_on_armhf() {
     );
 }
 
-/// What one store built and uploaded, an empty store substitutes from a `file://` cache:
-/// the same wheel bytes, no container started, and no toolchain image or source fetched
-/// (keys follow from the lockfile, so only the entries themselves are downloaded).
+/// What one store built and uploaded, an empty store substitutes from a cache: the same
+/// wheel bytes, no container started, and no toolchain image or source fetched (keys
+/// follow from the lockfile, so only the entries themselves are downloaded). Runs for
+/// each backend: `file://` and `oci://` (Debian's docker-registry on 127.0.0.1).
 #[test]
 fn wheels_are_substituted_from_a_file_cache_into_an_empty_store() {
     if !ready() {
         return;
     }
     let cache = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", cache.path().display());
+    substituted_through(&format!("file://{}", cache.path().display()));
+}
+
+#[test]
+fn wheels_are_substituted_from_an_oci_registry_into_an_empty_store() {
+    if !ready() {
+        return;
+    }
+    let Some(registry) = common::registry::Registry::start() else {
+        return;
+    };
+    substituted_through(&registry.url("dockerbuild/wheels"));
+}
+
+fn substituted_through(url: &str) {
+    eprintln!("cache backend: {url}");
     let args = ["-w", "markupsafe", "-p", "linux-arm64", "--python", "3.11"];
     let run = |store: &Path, out: &Path, upload: bool| {
         let mut c = dockerbuild(store, &repo());
-        c.args(["--json", "--cache", &url]);
+        c.args(["--json", "--cache", url]);
         if upload {
             c.arg("--upload");
         }
