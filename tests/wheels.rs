@@ -366,18 +366,34 @@ fn markupsafe_and_cffi_wheels_import_on_arm64_and_armv7() {
     };
     common::assert_success(&out, &"a second wheel-build, without network");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for w in v["wheels"].as_array().unwrap() {
+    for w in v["jobs"].as_array().unwrap() {
         assert!(
             ["cached", "downloaded"].contains(&w["status"].as_str().unwrap()),
             "{w}"
         );
     }
-    assert_eq!(containers_started_since(&since), "", "no container started");
+    assert_eq!(
+        containers_started_since(&since, &job_keys(&v)),
+        "",
+        "no container started"
+    );
     assert_eq!(std::fs::read_dir(again.path()).unwrap().count(), 5);
 }
 
-/// The dockerbuild containers Docker started since `since` (Unix seconds), one per line.
-fn containers_started_since(since: &str) -> String {
+/// The build keys of every job a `wheel-build --json` ran or looked up.
+fn job_keys(report: &serde_json::Value) -> Vec<String> {
+    report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["key"].as_str())
+        .map(|k| k.trim_start_matches("blake3:").to_owned())
+        .collect()
+}
+
+/// The containers Docker started since `since` (Unix seconds) for builds with one of
+/// `keys` (other tests' builds may run meanwhile), one build key per line.
+fn containers_started_since(since: &str, keys: &[String]) -> String {
     let events = Command::new("docker")
         .args(["events", "--since", since, "--until", &chrono_now()])
         .args([
@@ -386,10 +402,18 @@ fn containers_started_since(since: &str) -> String {
             "--filter",
             "event=start",
         ])
+        .args([
+            "--format",
+            "{{index .Actor.Attributes \"org.dockerbuild.build-key\"}}",
+        ])
         .output()
         .unwrap();
     common::assert_success(&events, &"docker events");
-    String::from_utf8_lossy(&events.stdout).trim().to_owned()
+    String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .filter(|k| keys.iter().any(|want| want == k.trim()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `docker events` wants a time; Unix seconds do.
@@ -533,6 +557,7 @@ fn substituted_through(url: &str) {
             .output()
             .unwrap();
         common::assert_success(&o, &format!("wheel-build (upload: {upload})"));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
     let first = tempfile::tempdir().unwrap();
     run(&shared_store(), first.path(), true);
@@ -540,12 +565,16 @@ fn substituted_through(url: &str) {
     let fresh = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
     let store = fresh.path().join("store");
-    run(&store, second.path(), false);
+    let report = run(&store, second.path(), false);
     let name = "MarkupSafe-2.1.5-cp311-cp311-linux_aarch64";
     let a = std::fs::read(wheel_named(first.path(), name)).unwrap();
     let b = std::fs::read(wheel_named(second.path(), name)).unwrap();
     assert!(a == b, "identical wheel bytes");
-    assert_eq!(containers_started_since(&since), "", "no container started");
+    assert_eq!(
+        containers_started_since(&since, &job_keys(&report)),
+        "",
+        "no container started"
+    );
     let ls = dockerbuild(&store, &repo())
         .args(["store", "ls"])
         .output()

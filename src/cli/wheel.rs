@@ -73,9 +73,10 @@ pub struct WheelDumpArgs {
 /// What `wheel-build --json` prints.
 #[derive(Serialize)]
 struct Report<'a> {
+    /// The wheels asked for.
     wheels: Vec<&'a run::JobResult>,
     /// Everything the run needed (recipes, dependency wheels), wanted or not.
-    jobs: usize,
+    jobs: &'a [run::JobResult],
     failed: usize,
 }
 
@@ -180,7 +181,7 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
     if g.json {
         output::json(&Report {
             wheels: wanted.clone(),
-            jobs: results.len(),
+            jobs: &results,
             failed: failures.len(),
         })?;
     } else {
