@@ -231,12 +231,12 @@ fn generate_locked(
         let pin = deb_pin(d).ok_or_else(|| ImageError::BadDeb {
             name: d.name.clone(),
         })?;
-        let entry = crate::project::fetch_one(store, fetcher, d, progress)?;
+        let entry = crate::project::fetch_one(store, fetcher, caches, d, progress)?;
         files.push((pin, entry.path));
     }
     let mut overlays = Vec::new();
     for (u, pin) in &unpacks {
-        let archive = crate::project::fetch_one(store, fetcher, pin, progress)?;
+        let archive = crate::project::fetch_one(store, fetcher, caches, pin, progress)?;
         let tree = crate::archive::unpack(
             store,
             &archive.path,

@@ -533,6 +533,7 @@ fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sy
 pub fn fetch_all(
     store: &LocalStore,
     fetcher: &Fetcher,
+    caches: &crate::cache::Caches,
     lock: &Lockfile,
     jobs: usize,
     progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
@@ -540,7 +541,9 @@ pub fn fetch_all(
     let all: Vec<&LockedSource> = lock.sources.iter().chain(&lock.debs).collect();
     let mut ok = Vec::new();
     let mut errors = Vec::new();
-    for r in parallel(&all, jobs, |p| fetch_one(store, fetcher, p, progress)) {
+    for r in parallel(&all, jobs, |p| {
+        fetch_one(store, fetcher, caches, p, progress)
+    }) {
         match r {
             Ok(o) => ok.push(o),
             Err(e) => errors.push(e),
@@ -572,10 +575,14 @@ pub fn pin(p: &LockedSource) -> Pin<'_> {
 pub fn fetch_one(
     store: &LocalStore,
     fetcher: &Fetcher,
+    caches: &crate::cache::Caches,
     p: &LockedSource,
     progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
 ) -> Result<FetchOutcome, SourceError> {
+    // A source is keyed by its own digest in binary caches: a cache's copy is as good as
+    // upstream's, since the store re-hashes it on the way in.
     if let Some(e) = store.get(&p.blake3)? {
+        caches.offer(&p.blake3, &e)?;
         return Ok(FetchOutcome {
             name: p.name.clone(),
             file: p.file.clone(),
@@ -585,7 +592,18 @@ pub fn fetch_one(
         });
     }
     let bar = progress(&p.name);
+    if let Some(hit) = caches.substitute_content(store, &p.blake3, bar.as_ref())? {
+        tracing::info!(source = p.name, cache = hit.cache, "substituted");
+        return Ok(FetchOutcome {
+            name: p.name.clone(),
+            file: p.file.clone(),
+            path: hit.entry.path,
+            present: false,
+            bytes: p.size,
+        });
+    }
     let (entry, fetched) = fetcher.fetch(store, &pin(p), bar.as_ref())?;
+    caches.offer(&p.blake3, &entry)?;
     Ok(FetchOutcome {
         name: p.name.clone(),
         file: p.file.clone(),

@@ -332,7 +332,7 @@ impl Builder<'_> {
                 continue;
             }
             if let Some(pin) = self.lock.sources.iter().find(|p| p.blake3 == *digest) {
-                project::fetch_one(self.store, self.fetcher, pin, self.progress)?;
+                project::fetch_one(self.store, self.fetcher, self.caches, pin, self.progress)?;
             }
         }
         Ok(())

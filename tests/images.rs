@@ -530,9 +530,13 @@ fn git_cross_compiles_for_arm64_and_rebuilds_identically() {
         let mut inputs = Vec::new();
         for name in ["git", "zlib"] {
             let src = lock.get(name).unwrap();
-            let got = dockerbuild::project::fetch_one(&c.store, &fetcher, src, &|_| {
-                Box::new(dockerbuild::progress::Silent)
-            })
+            let got = dockerbuild::project::fetch_one(
+                &c.store,
+                &fetcher,
+                &dockerbuild::cache::Caches::none(),
+                src,
+                &|_| Box::new(dockerbuild::progress::Silent),
+            )
             .unwrap();
             assert!(got.path.exists());
             inputs.push((name, src.blake3));

@@ -403,3 +403,68 @@ fn real_debian_and_pypi_sources_resolve_to_the_checked_in_pins() {
     );
     p.ok(&["store", "verify"]);
 }
+
+/// A source is substituted from a binary cache when its upstream is gone: `sources
+/// --upload` pushes what one store fetched, and an empty store fetches the same bytes
+/// from the cache (checked against the pinned digest); a cache serving other bytes under
+/// that digest is refused.
+#[test]
+fn sources_come_from_a_binary_cache_when_upstream_is_gone() {
+    let srv = Server::start();
+    let url = srv.route("/s.tar", Behaviour::Serve(b"cached source".to_vec()));
+    let p = Project::new(&http_source("s", &url, None));
+    let cache = p.env.path().join("cache");
+    let cache_url = format!("file://{}", cache.display());
+    p.ok(&["--cache", &cache_url, "--upload", "sources"]);
+    let listed = p.ok(&["--cache", &cache_url, "cache", "ls"]);
+    assert!(listed.contains("s.tar"), "{listed}");
+    srv.route("/s.tar", Behaviour::Status(404)); // upstream is gone
+    let empty = p.env.path().join("empty");
+    let out = p
+        .cmd()
+        .arg("--store")
+        .arg(&empty)
+        .args(["--locked", "--cache", &cache_url, "--json", "sources"])
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"sources from the cache");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = std::fs::read(v[0]["path"].as_str().unwrap()).unwrap();
+    assert_eq!(got, b"cached source");
+    // Without the cache the empty store would need the (gone) upstream.
+    let out = p
+        .cmd()
+        .arg("--store")
+        .arg(p.env.path().join("empty2"))
+        .args(["--locked", "sources"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the positive control needs upstream");
+
+    // A damaged copy in the cache is refused, and upstream serves the source instead.
+    let entries = cache.join("dockerbuild-cache-v1/entries");
+    for e in std::fs::read_dir(&entries).unwrap().flatten() {
+        let mut b = std::fs::read(e.path()).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(e.path(), b).unwrap();
+    }
+    srv.route("/s.tar", Behaviour::Serve(b"cached source".to_vec()));
+    let out = p
+        .cmd()
+        .arg("--store")
+        .arg(p.env.path().join("empty3"))
+        .args(["--locked", "--cache", &cache_url, "--json", "sources"])
+        .output()
+        .unwrap();
+    common::assert_success(&out, &"sources past a damaged cache");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        std::fs::read(v[0]["path"].as_str().unwrap()).unwrap(),
+        b"cached source"
+    );
+    assert!(
+        srv.log().iter().filter(|(p, _)| p == "/s.tar").count() >= 2,
+        "fetched upstream again"
+    );
+}

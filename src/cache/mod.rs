@@ -311,6 +311,42 @@ impl Caches {
         substitute(&self.caches, store, key, &self.trusted, progress)
     }
 
+    /// A content-addressed entry (a source: its key is its own digest) from the first
+    /// cache that claims exactly that digest. No signature is needed, since what arrives
+    /// is re-hashed against the digest it must have.
+    pub fn substitute_content(
+        &self,
+        store: &LocalStore,
+        digest: &Digest,
+        progress: &dyn Progress,
+    ) -> Result<Option<Substituted>> {
+        if !self.substitute {
+            return Ok(None);
+        }
+        for cache in &self.caches {
+            let Some(claim) = cache.lookup(digest)? else {
+                continue;
+            };
+            if claim.digest != *digest {
+                continue;
+            }
+            // A damaged copy is no reason to fail: upstream (or the next cache) has it.
+            match fetch_into(cache.as_ref(), store, &claim, progress) {
+                Ok(entry) => {
+                    return Ok(Some(Substituted {
+                        entry,
+                        cache: cache.url().to_owned(),
+                    }));
+                }
+                Err(e @ CacheError::Corrupt { .. }) => {
+                    tracing::warn!("{e}; fetching it elsewhere");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// Pushes `entry` under `key` to the first cache when uploading is on and the cache
     /// lacks the claim.
     pub fn offer(&self, key: &Digest, entry: &Entry) -> Result<()> {

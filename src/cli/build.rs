@@ -228,7 +228,7 @@ fn input_digest(g: &GlobalArgs, c: &Session, lock: &Lockfile, reference: &str) -
             .with_context(|| format!("the lockfile pins no source `{name}`"))?;
         let bars = Bars::new(g.quiet);
         let bar = |n: &str| bars.bar(n);
-        project::fetch_one(&c.store, &c.fetcher, src, &bar)?;
+        project::fetch_one(&c.store, &c.fetcher, &c.caches, src, &bar)?;
         return Ok(src.blake3);
     }
     let query = entry.expect("one of the two");

@@ -84,11 +84,13 @@ pub fn lock(args: LockArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
 }
 
 pub fn sources(args: SourcesArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
-    let (project, store, fetcher) = open(g, store_dir)?;
-    let lock = ensure_locked(g, &project, &store, &fetcher, &[])?;
+    let session = super::docker::open(g, store_dir)?;
+    let (project, store, fetcher) = (&session.project, &session.store, &session.fetcher);
+    let lock = ensure_locked(g, project, store, fetcher, &[])?;
     let bars = Bars::new(g.quiet);
     let bar = |n: &str| bars.bar(n);
-    let outcomes = match project::fetch_all(&store, &fetcher, &lock, args.jobs, &bar) {
+    let outcomes = match project::fetch_all(store, fetcher, &session.caches, &lock, args.jobs, &bar)
+    {
         Ok(o) => o,
         Err(errors) => {
             for e in &errors {
@@ -116,5 +118,6 @@ pub fn sources(args: SourcesArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i3
         fetched.len(),
         output::bytes(fetched.iter().map(|o| o.bytes).sum())
     ));
+    super::cache::report_uploads(&session.caches);
     Ok(0)
 }

@@ -55,6 +55,9 @@ pub enum Location {
 /// Something wrong with a source, its lockfile entry, or its bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// A binary cache failed while serving or taking the source.
+    #[error(transparent)]
+    Cache(Box<crate::cache::CacheError>),
     #[error(
         "source `{name}`: unsupported URL `{url}`\nhint: use https://, http://, file://, pypi:NAME==VERSION[:FILE] or debian:SUITE/PKG=VERSION[:FILE]"
     )]
@@ -105,6 +108,12 @@ pub enum SourceError {
 impl From<debian::DebianError> for SourceError {
     fn from(e: debian::DebianError) -> Self {
         SourceError::Debian(Box::new(e))
+    }
+}
+
+impl From<crate::cache::CacheError> for SourceError {
+    fn from(e: crate::cache::CacheError) -> Self {
+        SourceError::Cache(Box::new(e))
     }
 }
 

@@ -649,7 +649,7 @@ fn local_wheel(
             if !pin.file.ends_with(".whl") {
                 return Err(format!("source `{source}` is `{}`, not a .whl file", pin.file).into());
             }
-            let got = project::fetch_one(cx.store, cx.fetcher, pin, cx.progress)?;
+            let got = project::fetch_one(cx.store, cx.fetcher, cx.caches, pin, cx.progress)?;
             files.push((pin.file.clone(), got.path, pin.blake3));
         }
     }
