@@ -202,7 +202,7 @@ fn generate_locked(
         .chain(unpacks.iter().map(|(_, p)| p.blake3))
         .collect();
     if let Some(e) = store.resolve_key(&key)? {
-        caches.offer(&key, &e)?;
+        caches.offer(store, &key, &e)?;
         return Ok(Image {
             platform: platform.to_owned(),
             id: e.meta.version.clone().unwrap_or_default(),
@@ -283,7 +283,7 @@ fn generate_locked(
     };
     let entry = store.add_path(&archive, &new, progress("image").as_ref())?;
     store.bind_key(&key, &entry.meta.digest)?;
-    caches.offer(&key, &entry)?;
+    caches.offer(store, &key, &entry)?;
     Ok(Image {
         platform: platform.to_owned(),
         id: info.id,

@@ -582,7 +582,7 @@ pub fn fetch_one(
     // A source is keyed by its own digest in binary caches: a cache's copy is as good as
     // upstream's, since the store re-hashes it on the way in.
     if let Some(e) = store.get(&p.blake3)? {
-        caches.offer(&p.blake3, &e)?;
+        caches.offer(store, &p.blake3, &e)?;
         return Ok(FetchOutcome {
             name: p.name.clone(),
             file: p.file.clone(),
@@ -603,7 +603,7 @@ pub fn fetch_one(
         });
     }
     let (entry, fetched) = fetcher.fetch(store, &pin(p), bar.as_ref())?;
-    caches.offer(&p.blake3, &entry)?;
+    caches.offer(store, &p.blake3, &entry)?;
     Ok(FetchOutcome {
         name: p.name.clone(),
         file: p.file.clone(),

@@ -349,7 +349,7 @@ impl Builder<'_> {
             false => build::find(self.store, &key)?,
         };
         if let Some(entry) = found {
-            self.caches.offer(&key, &entry)?;
+            self.caches.offer(self.store, &key, &entry)?;
             return Ok(Built {
                 key,
                 entry,
@@ -410,7 +410,7 @@ impl Builder<'_> {
             &self.options,
             self.on_output,
         )?;
-        self.caches.offer(&key, &built.entry)?;
+        self.caches.offer(self.store, &key, &built.entry)?;
         Ok(built)
     }
 

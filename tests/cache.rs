@@ -809,3 +809,33 @@ fn oci_failed_push_publishes_nothing() {
     assert!(!c.has_entry(&e.meta.digest).unwrap());
     assert!(c.list().unwrap().is_empty());
 }
+
+/// The store remembers which keys it gave the first cache, so a run can say what was
+/// built here but never uploaded without asking the cache.
+#[test]
+fn the_store_knows_what_was_never_uploaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir.path().join("store"));
+    let a = entry(&s, "a", 2);
+    let b = entry(&s, "b", 2);
+    let (ka, kb) = (Digest::of(b"key a"), Digest::of(b"key b"));
+    s.bind_key(&ka, &a.meta.digest).unwrap();
+    s.bind_key(&kb, &b.meta.digest).unwrap();
+    let url = format!("file://{}", dir.path().join("cache").display());
+    let names = |s: &LocalStore| {
+        s.never_uploaded(&url)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.meta.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&s), ["a", "b"]);
+    let mut caches = cache::Caches::none();
+    caches.caches.push(cache::open(&url).unwrap());
+    caches.upload = true;
+    caches.offer(&s, &ka, &a).unwrap();
+    assert_eq!(names(&s), ["b"], "a was uploaded");
+    assert!(caches.caches[0].lookup(&ka).unwrap().is_some());
+    // Another cache has its own record.
+    assert_eq!(s.never_uploaded("file:///elsewhere").unwrap().len(), 2);
+}

@@ -349,17 +349,26 @@ impl Caches {
 
     /// Pushes `entry` under `key` to the first cache when uploading is on and the cache
     /// lacks the claim.
-    pub fn offer(&self, key: &Digest, entry: &Entry) -> Result<()> {
+    /// Notes in `store` (`.uploads/`) that the cache holds the claim, for
+    /// [`LocalStore::never_uploaded`].
+    pub fn offer(&self, store: &LocalStore, key: &Digest, entry: &Entry) -> Result<()> {
+        let store = Some(store);
         let Some(first) = self.caches.first().filter(|_| self.upload) else {
             return Ok(());
+        };
+        let record = |store: Option<&LocalStore>| match store {
+            Some(s) => s.record_upload(first.url(), key),
+            None => Ok(()),
         };
         if first
             .lookup(key)?
             .is_some_and(|c| c.digest == entry.meta.digest)
         {
+            record(store)?;
             return Ok(());
         }
         let claim = upload(first.as_ref(), key, entry, self.signer.as_ref())?;
+        record(store)?;
         self.uploaded.lock().expect("not poisoned").push(claim);
         Ok(())
     }

@@ -138,7 +138,7 @@ pub fn run(args: BuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
     };
     spinner.finish_and_clear();
     let (spec, built) = result?;
-    super::cache::report_uploads(&c.caches);
+    super::cache::report_uploads(&c.caches, &c.store);
     output::status(format!(
         "{}: {} ({:.1}s)",
         spec.name,

@@ -95,11 +95,38 @@ pub fn config(g: &GlobalArgs) -> Result<Config> {
 }
 
 /// Says what was uploaded during the run.
-pub fn report_uploads(c: &Caches) {
+/// Says what this run uploaded and, from the store's own records (no network), how many
+/// entries built or fetched here the first cache was never given.
+pub fn report_uploads(c: &Caches, store: &LocalStore) {
+    let Some(first) = c.caches.first() else {
+        return;
+    };
     let up = c.uploaded();
     if !up.is_empty() {
-        let to = c.caches.first().map(|c| c.url()).unwrap_or_default();
-        output::status(format!("uploaded {} entries to {to}", up.len()));
+        output::status(format!("uploaded {} entries to {}", up.len(), first.url()));
+    }
+    match store.never_uploaded(first.url()) {
+        Ok(missing) if !missing.is_empty() => {
+            let names: Vec<&str> = missing
+                .iter()
+                .take(5)
+                .map(|(_, e)| e.meta.name.as_str())
+                .collect();
+            output::status(format!(
+                "note: {} entries built or fetched here were never uploaded to {} ({}{}); \
+                 upload them with --upload or `dockerbuild cache push`",
+                missing.len(),
+                first.url(),
+                names.join(", "),
+                if missing.len() > names.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot list what was never uploaded: {e}"),
     }
 }
 
@@ -143,11 +170,11 @@ pub fn run(cmd: CacheCommand, g: &GlobalArgs, config: &Config, store_dir: &Path)
                 let mut keys = store.keys_for(&e.meta.digest)?;
                 keys.push(e.meta.digest);
                 for k in &keys {
-                    c.offer(k, &e)?;
+                    c.offer(&store, k, &e)?;
                 }
                 output::status(format!("{}: {} key(s)", e.meta.name, keys.len()));
             }
-            report_uploads(&c);
+            report_uploads(&c, &store);
         }
         CacheCommand::Pull { keys } => {
             c.substitute = true;

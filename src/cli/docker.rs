@@ -110,7 +110,7 @@ pub fn generate(args: GenerateArgs, g: &GlobalArgs, store_dir: &Path) -> Result<
         ));
         images.push(img);
     }
-    super::cache::report_uploads(&c.caches);
+    super::cache::report_uploads(&c.caches, &c.store);
     if g.json {
         output::json(&images)?;
     } else {

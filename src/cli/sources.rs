@@ -118,6 +118,6 @@ pub fn sources(args: SourcesArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i3
         fetched.len(),
         output::bytes(fetched.iter().map(|o| o.bytes).sum())
     ));
-    super::cache::report_uploads(&session.caches);
+    super::cache::report_uploads(&session.caches, &session.store);
     Ok(0)
 }

@@ -149,7 +149,7 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
     };
     let started = std::time::Instant::now();
     let results = run::run(&cx, &plan);
-    super::cache::report_uploads(&c.caches);
+    super::cache::report_uploads(&c.caches, &c.store);
 
     let wanted: Vec<&run::JobResult> = results.iter().filter(|r| r.wanted).collect();
     let failures: Vec<&run::JobResult> = results.iter().filter(|r| !r.status.ok()).collect();

@@ -40,7 +40,7 @@ impl LocalStore {
     fn open_with(root: &Path, mode: Mode) -> Result<Self> {
         check_no_newer_format(root)?;
         let dir = root.join(format!("v{FORMAT_VERSION}"));
-        for sub in [".tmp", ".meta", ".pins", ".roots", ".keys"] {
+        for sub in [".tmp", ".meta", ".pins", ".roots", ".keys", ".uploads"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io("create store directory", &p))?;
         }
@@ -196,6 +196,44 @@ impl LocalStore {
         let tmp = self.tmp_dir().join(format!("key-{}", key.to_hex()));
         fs::write(&tmp, digest.to_string()).map_err(StoreError::io("write key record", &tmp))?;
         fs::rename(&tmp, &path).map_err(StoreError::io("publish key record", &path))
+    }
+
+    /// Notes that binary cache `cache` (its URL) holds the claim for `key`.
+    pub fn record_upload(&self, cache: &str, key: &Digest) -> Result<()> {
+        let dir = self.uploads_dir(cache);
+        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        let path = dir.join(key.to_hex());
+        File::create(&path).map_err(StoreError::io("write upload record", &path))?;
+        Ok(())
+    }
+
+    /// Every key this store has an entry for (`.keys/`) that binary cache `cache` is not
+    /// recorded as holding: what was built or fetched here but never uploaded there.
+    pub fn never_uploaded(&self, cache: &str) -> Result<Vec<(Digest, Entry)>> {
+        let dir = self.dir.join(".keys");
+        let uploaded = self.uploads_dir(cache);
+        let mut out = Vec::new();
+        for item in fs::read_dir(&dir).map_err(StoreError::io("read directory", &dir))? {
+            let item = item.map_err(StoreError::io("read directory", &dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if uploaded.join(&name).exists() {
+                continue;
+            }
+            let Ok(key) = format!("blake3:{name}").parse::<Digest>() else {
+                continue;
+            };
+            if let Some(e) = self.resolve_key(&key)? {
+                out.push((key, e));
+            }
+        }
+        out.sort_by(|a, b| a.1.meta.name.cmp(&b.1.meta.name));
+        Ok(out)
+    }
+
+    fn uploads_dir(&self, cache: &str) -> PathBuf {
+        self.dir
+            .join(".uploads")
+            .join(Digest::of(cache.as_bytes()).to_hex())
     }
 
     /// Every key recorded as having produced entry `digest`.

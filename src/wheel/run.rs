@@ -657,7 +657,7 @@ fn local_wheel(
     let json = serde_json::to_vec(&(KEY_VERSION, t, &what)).expect("serializes");
     let key = Digest::of(&json);
     if let Some(e) = cx.store.resolve_key(&key)? {
-        cx.caches.offer(&key, &e)?;
+        cx.caches.offer(cx.store, &key, &e)?;
         return Ok((Status::Cached, key, e));
     }
     if let Some(hit) = cx.caches.substitute(cx.store, &key, &Silent)? {
@@ -679,7 +679,7 @@ fn local_wheel(
     };
     let entry = cx.store.add_path(dir.path(), &new, &Silent)?;
     cx.store.bind_key(&key, &entry.meta.digest)?;
-    cx.caches.offer(&key, &entry)?;
+    cx.caches.offer(cx.store, &key, &entry)?;
     let status = if members.is_some() {
         Status::Built
     } else {
