@@ -114,11 +114,6 @@ else
   export LDSHARED="${CC:-cc} -shared" LDCXXSHARED="${CXX:-c++} -shared"
 fi
 
-# Compile extension modules in parallel (setuptools reads DIST_EXTRA_CONFIG as one more
-# setup.cfg); other backends ignore it.
-printf '[build_ext]\nparallel = %s\n' "$(nproc)" >"$scratch/parallel.cfg"
-export DIST_EXTRA_CONFIG=$scratch/parallel.cfg
-
 mkdir -p "$scratch/dist"
 echo "build-wheel: building $WHEEL_DIST $WHEEL_VERSION for $WHEEL_PLATFORM_TAGS"
 PYTHONPATH=$pythonpath "$py" -s - "$scratch/dist" <<'PY'
