@@ -132,6 +132,32 @@ if backend.startswith("setuptools.build_meta"):
     sys.path.insert(0, os.getcwd())
 module, _, attr = backend.partition(":")
 hooks = importlib.import_module(module)
+
+# Compile the sources of each extension in parallel (extensions stay one after another, so
+# two that share a source never race for its object file); link order is unchanged.
+try:
+    from setuptools._distutils import ccompiler
+except ImportError:
+    ccompiler = None
+if ccompiler is not None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def compile_parallel(self, sources, output_dir=None, macros=None, include_dirs=None,
+                         debug=0, extra_preargs=None, extra_postargs=None, depends=None):
+        macros, objects, extra_postargs, pp_opts, build = self._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = self._get_cc_args(pp_opts, debug, extra_preargs)
+
+        def one(obj):
+            if obj in build:
+                src, ext = build[obj]
+                self._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(one, objects))
+        return objects
+
+    ccompiler.CCompiler.compile = compile_parallel
 for a in filter(None, attr.split(".")):
     hooks = getattr(hooks, a)
 print("build-wheel: wrote", hooks.build_wheel(sys.argv[1]))
