@@ -743,3 +743,218 @@ fn cache_commands_work_against_the_fake() {
     );
     assert_eq!(fake.instances("team/cache/v1/entries").len(), 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// Publishing wheels under vpython's names.
+
+use dockerbuild::cache::cipd::wheels::{Outcome, WheelTarget};
+
+/// A small but real wheel: a module and its dist-info, zipped.
+fn write_wheel(dir: &std::path::Path, file_name: &str, body: &str) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let (dist, ver) = {
+        let mut p = file_name.split('-');
+        (p.next().unwrap().to_owned(), p.next().unwrap().to_owned())
+    };
+    let path = dir.join(file_name);
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let o = zip::write::SimpleFileOptions::default();
+    let info = format!("{dist}-{ver}.dist-info");
+    let files = [
+        (format!("{}.py", dist.to_lowercase()), body.to_owned()),
+        (
+            format!("{info}/METADATA"),
+            format!("Metadata-Version: 2.1\nName: {dist}\nVersion: {ver}\n"),
+        ),
+        (
+            format!("{info}/WHEEL"),
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n".to_owned(),
+        ),
+        (format!("{info}/RECORD"), String::new()),
+    ];
+    for (n, b) in files {
+        z.start_file(n, o).unwrap();
+        z.write_all(b.as_bytes()).unwrap();
+    }
+    z.finish().unwrap();
+    path
+}
+
+fn iid_of_hex(hex: &str) -> String {
+    dockerbuild::cache::cipd::package::InstanceId::sha256(
+        hex::decode(hex).unwrap().try_into().unwrap(),
+    )
+    .to_text()
+}
+
+/// The files of the instance `hex` as the fake stores it.
+fn instance_files(fake: &FakeCipd, hex: &str) -> Vec<String> {
+    let bytes = fake.blob(hex).expect("the fake has the instance's bytes");
+    let z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut names: Vec<String> = z.file_names().map(|n| n.unwrap().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn publishing_wheels_creates_vpython_packages_tags_and_refs() {
+    let fake = FakeCipd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = CipdCache::open_with(&fake.url("team/cache"), cipd_options::fast()).unwrap();
+    let universal = write_wheel(dir.path(), "six-1.16.0-py2.py3-none-any.whl", "# six");
+    let platform = write_wheel(
+        dir.path(),
+        "MarkupSafe-2.1.5-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl",
+        "# speedups",
+    );
+    let arm = WheelTarget::Platform {
+        cipd_platform: "linux-arm64".into(),
+        python: "3.11".into(),
+    };
+    let cases = [
+        (
+            "six",
+            "1.16.0",
+            WheelTarget::Universal,
+            &universal,
+            "infra/python/wheels/six-py3",
+            "six-1.16.0-py3-none-any.whl",
+            ["latest", "1.x", "1.16.x"],
+        ),
+        (
+            "MarkupSafe",
+            "2.1.5",
+            arm,
+            &platform,
+            "infra/python/wheels/markupsafe/linux-arm64_cp311_cp311",
+            "MarkupSafe-2.1.5-py2.py3-none-any.whl",
+            ["latest", "2.x", "2.1.x"],
+        ),
+    ];
+    for (name, version, target, wheel, package, inside, refs) in cases {
+        let p = c
+            .publish_wheel(name, version, &target, std::slice::from_ref(wheel))
+            .unwrap();
+        assert_eq!(p.package, package);
+        assert_eq!(p.version, format!("version:{version}"));
+        assert_eq!(p.outcome, Outcome::Uploaded);
+        assert_eq!(p.refs, refs);
+        let instances = fake.instances(package);
+        assert_eq!(instances.len(), 1, "{package}");
+        let hex = &instances[0].hex;
+        assert_eq!(iid_of_hex(hex), p.instance_id);
+        assert!(
+            instances[0].tags.contains(&format!("version:{version}")),
+            "{:?}",
+            instances[0].tags
+        );
+        assert_eq!(
+            instance_files(&fake, hex),
+            [".cipdpkg/manifest.json".to_owned(), inside.to_owned()]
+        );
+        for r in refs {
+            assert_eq!(
+                fake.ref_hex(package, r).as_deref(),
+                Some(hex.as_str()),
+                "{r}"
+            );
+            let (iid, _) = c.fetch_instance(package, r).unwrap();
+            assert_eq!(iid, p.instance_id, "ref {r} resolves to the new instance");
+        }
+
+        // Again: the same instance, registered (no upload), tags and refs unchanged.
+        let uploads_before = fake
+            .log()
+            .iter()
+            .filter(|l| l.starts_with("upload"))
+            .count();
+        let again = c
+            .publish_wheel(name, version, &target, std::slice::from_ref(wheel))
+            .unwrap();
+        assert_eq!(again.instance_id, p.instance_id);
+        assert_eq!(again.outcome, Outcome::Registered);
+        assert_eq!(fake.instances(package).len(), 1);
+        let uploads_after = fake
+            .log()
+            .iter()
+            .filter(|l| l.starts_with("upload"))
+            .count();
+        assert_eq!(uploads_before, uploads_after, "nothing uploaded again");
+    }
+}
+
+/// A version already published with other bytes is left alone: a second instance would
+/// make `version:` ambiguous.
+#[test]
+fn a_published_version_is_kept_when_the_bytes_differ() {
+    let fake = FakeCipd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let c = CipdCache::open_with(&fake.url("team/cache"), cipd_options::fast()).unwrap();
+    let first = write_wheel(dir.path(), "six-1.16.0-py3-none-any.whl", "# one");
+    let p = c
+        .publish_wheel("six", "1.16.0", &WheelTarget::Universal, &[first])
+        .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let second = write_wheel(other.path(), "six-1.16.0-py3-none-any.whl", "# two");
+    let again = c
+        .publish_wheel("six", "1.16.0", &WheelTarget::Universal, &[second])
+        .unwrap();
+    assert_eq!(again.outcome, Outcome::Kept);
+    assert_eq!(again.instance_id, p.instance_id);
+    assert!(again.refs.is_empty());
+    assert_eq!(fake.instances("infra/python/wheels/six-py3").len(), 1);
+}
+
+#[test]
+fn publishing_a_wheel_without_write_access_is_permission_denied() {
+    let fake = FakeCipd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let wheel = write_wheel(dir.path(), "six-1.16.0-py3-none-any.whl", "# six");
+    let mut o = cipd_options::fast();
+    o.token = None;
+    let anonymous = CipdCache::open_with(&fake.url("team/cache"), o).unwrap();
+    let msg = anonymous
+        .publish_wheel(
+            "six",
+            "1.16.0",
+            &WheelTarget::Universal,
+            std::slice::from_ref(&wheel),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("PERMISSION_DENIED"), "{msg}");
+    assert!(msg.contains("infra/python/wheels/six-py3"), "{msg}");
+    assert!(msg.contains("DOCKERBUILD_CIPD_TOKEN"), "{msg}");
+    let mut o = cipd_options::fast();
+    o.token = Some(cipd_fake::READER_TOKEN.into());
+    let reader = CipdCache::open_with(&fake.url("team/cache"), o).unwrap();
+    let msg = reader
+        .publish_wheel("six", "1.16.0", &WheelTarget::Universal, &[wheel])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("PERMISSION_DENIED") && msg.contains("WRITER"),
+        "{msg}"
+    );
+    assert!(fake.instances("infra/python/wheels/six-py3").is_empty());
+}
+
+/// Publishing waits out pending processors before tagging and setting refs.
+#[test]
+fn publishing_a_wheel_waits_for_processing() {
+    let fake = FakeCipd::start();
+    fake.set_processing_rounds(3);
+    let dir = tempfile::tempdir().unwrap();
+    let wheel = write_wheel(dir.path(), "six-1.16.0-py3-none-any.whl", "# six");
+    let c = CipdCache::open_with(&fake.url("team/cache"), cipd_options::fast()).unwrap();
+    let p = c
+        .publish_wheel("six", "1.16.0", &WheelTarget::Universal, &[wheel])
+        .unwrap();
+    let hex = &fake.instances("infra/python/wheels/six-py3")[0].hex;
+    assert_eq!(iid_of_hex(hex), p.instance_id);
+    assert_eq!(
+        fake.ref_hex("infra/python/wheels/six-py3", "latest")
+            .as_deref(),
+        Some(hex.as_str())
+    );
+}

@@ -223,6 +223,14 @@ impl FakeCipd {
             .insert((package.to_owned(), r.to_owned()), hex.to_owned());
     }
 
+    /// The hex digest ref `r` of `package` points at.
+    pub fn ref_hex(&self, package: &str, r: &str) -> Option<String> {
+        self.lock()
+            .refs
+            .get(&(package.to_owned(), r.to_owned()))
+            .cloned()
+    }
+
     /// Replaces the stored bytes of an object (storage rot or tampering).
     pub fn replace_blob(&self, hex: &str, bytes: Vec<u8>) {
         self.lock().cas.insert(hex.to_owned(), bytes);
@@ -343,6 +351,12 @@ const DESCRIBE_REQUEST: &[F] = &[
 const DESCRIBE_RESPONSE: &[F] = &[
     F(1, "instance", K::Msg(INSTANCE), false),
     F(3, "tags", K::Msg(TAG), true),
+];
+const REF: &[F] = &[
+    F(1, "name", K::Str, false),
+    F(2, "package", K::Str, false),
+    F(3, "instance", K::Msg(OBJECT_REF), false),
+    F(4, "modifiedBy", K::Str, false),
 ];
 const EMPTY: &[F] = &[];
 // Only the I64 kind is unused by the messages above; keep the codec complete anyway.
@@ -731,6 +745,7 @@ fn prpc(s: &mut State, req: &Request, rpc: &str, json_in: bool) -> Response {
         "cipd.Repository/ResolveVersion" => (RESOLVE_REQUEST, INSTANCE),
         "cipd.Repository/GetInstanceURL" => (GET_URL_REQUEST, OBJECT_URL),
         "cipd.Repository/AttachTags" => (ATTACH_TAGS_REQUEST, EMPTY),
+        "cipd.Repository/CreateRef" => (REF, EMPTY),
         "cipd.Repository/ListInstances" => (LIST_REQUEST, LIST_RESPONSE),
         "cipd.Repository/SearchInstances" => (SEARCH_REQUEST, LIST_RESPONSE),
         "cipd.Repository/DescribeInstance" => (DESCRIBE_REQUEST, DESCRIBE_RESPONSE),
@@ -811,6 +826,14 @@ fn valid_tag(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"$()*+,-./:;<=>@\\_{}~ ".contains(&b))
 }
 
+/// A ref: `^[a-z0-9_./\-]{1,256}$`, and not an instance ID.
+fn valid_ref(r: &str) -> bool {
+    (1..=256).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_./-".contains(&b))
+        && iid_hex(r).is_none()
+}
+
 /// A SHA256 instance ID's hex digest, if `v` is one.
 fn iid_hex(v: &str) -> Option<String> {
     let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -870,7 +893,7 @@ fn call(s: &mut State, rpc: &str, body: &Value, identity: &str) -> RpcResult {
         {
             return read_denied(&package);
         }
-        "RegisterInstance" | "AttachTags" if !writer => {
+        "RegisterInstance" | "AttachTags" | "CreateRef" if !writer => {
             return err(
                 PERMISSION_DENIED,
                 format!("{identity} is not allowed to write to \"{package}\""),
@@ -1067,6 +1090,26 @@ fn call(s: &mut State, rpc: &str, body: &Value, identity: &str) -> RpcResult {
                     inst.tags.push(t);
                 }
             }
+            Ok(json!({}))
+        }
+        "CreateRef" => {
+            let hex = object_ref(body)?;
+            let name = str_of(body, "name").to_owned();
+            if !valid_ref(&name) {
+                return err(INVALID_ARGUMENT, format!("bad ref name \"{name}\""));
+            }
+            let Some(i) = find(s, &hex) else {
+                return err(NOT_FOUND, "no such instance");
+            };
+            let inst = &mut s.instances[i];
+            if inst.pending > 0 {
+                inst.pending -= 1;
+                return err(
+                    FAILED_PRECONDITION,
+                    "the instance is not ready yet: pending processors",
+                );
+            }
+            s.refs.insert((package.clone(), name), hex);
             Ok(json!({}))
         }
         "ListInstances" | "SearchInstances" => {

@@ -24,6 +24,7 @@
 pub mod names;
 pub mod package;
 pub mod prpc;
+pub mod wheels;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -346,7 +347,7 @@ impl CipdCache {
     }
 
     /// Registers an instance (the zip `zip`, SHA-256 `sha`) of `package`, uploading it
-    /// if the service lacks its bytes, then attaches `tags`.
+    /// if the service lacks its bytes, then attaches `tags`; says whether it uploaded.
     #[instrument(skip(self, zip), fields(cache = %self.url))]
     fn publish(
         &self,
@@ -354,7 +355,7 @@ impl CipdCache {
         zip: &mut File,
         sha: [u8; 32],
         tags: &[(&str, &str)],
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let object = ObjectRef::sha256(hex::encode(sha));
         let iid = InstanceId::sha256(sha);
         let what = format!("instance {iid} of `{package}`");
@@ -373,6 +374,7 @@ impl CipdCache {
                 .map_err(|e| self.malformed(format!("the answer registering {what}"), e))
         };
         let first = register()?;
+        let mut uploaded = false;
         match first.status {
             registration_status::REGISTERED | registration_status::ALREADY_REGISTERED => {
                 debug!(%iid, status = first.status, "registered without upload");
@@ -397,6 +399,7 @@ impl CipdCache {
                     ));
                 }
                 info!(%iid, package, "uploaded");
+                uploaded = true;
             }
             s => {
                 return Err(self.malformed(
@@ -405,11 +408,11 @@ impl CipdCache {
                 ));
             }
         }
-        self.attach_tags(&what, package, &object, tags)
+        self.attach_tags(&what, package, &object, tags)?;
+        Ok(uploaded)
     }
 
-    /// AttachTags, retried while the instance is still being processed
-    /// (FAILED_PRECONDITION).
+    /// AttachTags, retried while the instance is still being processed.
     fn attach_tags(
         &self,
         what: &str,
@@ -418,20 +421,37 @@ impl CipdCache {
         tags: &[(&str, &str)],
     ) -> Result<()> {
         let req = prpc::attach_tags_request(package, object, tags);
+        self.when_ready(&format!("tag {what}"), "cipd.Repository/AttachTags", &req)
+    }
+
+    /// CreateRef: points ref `name` of `package` at `object` (creating or moving it),
+    /// retried while the instance is still being processed.
+    fn create_ref(&self, what: &str, package: &str, object: &ObjectRef, name: &str) -> Result<()> {
+        let req = prpc::create_ref_request(name, package, object);
+        self.when_ready(
+            &format!("set ref `{name}` on {what}"),
+            "cipd.Repository/CreateRef",
+            &req,
+        )
+    }
+
+    /// Calls `method`, retrying while the instance is still being processed
+    /// (FAILED_PRECONDITION), as AttachTags and CreateRef need.
+    fn when_ready(&self, action: &str, method: &str, req: &[u8]) -> Result<()> {
         let deadline = Instant::now() + self.opts.processing_timeout;
         loop {
-            match self.rpc.call("cipd.Repository/AttachTags", &req) {
+            match self.rpc.call(method, req) {
                 Ok(_) => return Ok(()),
                 Err(e)
                     if e.code() == Some(code::FAILED_PRECONDITION) && Instant::now() < deadline =>
                 {
-                    debug!(what, error = %e, "instance still being processed");
+                    debug!(action, error = %e, "instance still being processed");
                     std::thread::sleep(self.opts.processing_interval);
                 }
                 Err(e) if e.code() == Some(code::FAILED_PRECONDITION) => {
                     return Err(CacheError::Rpc {
                         cache: self.url.clone(),
-                        action: format!("tag {what}"),
+                        action: action.to_owned(),
                         reason: format!(
                             "still being processed after {:?}: {e}",
                             self.opts.processing_timeout
@@ -439,7 +459,7 @@ impl CipdCache {
                         hint: "\nhint: push again later; the upload itself is done".into(),
                     });
                 }
-                Err(e) => return Err(self.rpc_err(format!("tag {what}"), e)),
+                Err(e) => return Err(self.rpc_err(action.to_owned(), e)),
             }
         }
     }
@@ -678,6 +698,7 @@ impl Cache for CipdCache {
             sha,
             &[(KEY_TAG, &key_hex), (DIGEST_TAG, &digest_hex)],
         )
+        .map(|_| ())
     }
 
     fn list(&self) -> Result<Vec<Claim>> {

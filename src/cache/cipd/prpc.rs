@@ -290,6 +290,15 @@ pub fn attach_tags_request(package: &str, instance: &ObjectRef, tags: &[(&str, &
     w.0
 }
 
+/// `Ref` (the `CreateRef` request): 1 name, 2 package, 3 instance.
+pub fn create_ref_request(name: &str, package: &str, instance: &ObjectRef) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.string(1, name)
+        .string(2, package)
+        .bytes(3, &instance.encode());
+    w.0
+}
+
 /// `ListInstancesRequest`: 1 package, 20 page_size, 21 page_token.
 pub fn list_instances_request(package: &str, page_size: u32, page_token: &str) -> Vec<u8> {
     let mut w = Writer::default();
@@ -523,6 +532,14 @@ mod tests {
         // 20 << 3 | 0 = 160 = varint a0 01; 21 << 3 | 2 = 170 = aa 01.
         let b = list_instances_request("p", 100, "t");
         assert_eq!(b, [0x0a, 1, b'p', 0xa0, 0x01, 100, 0xaa, 0x01, 1, b't']);
+        let r = create_ref_request("latest", "p", &ObjectRef::sha256("ab".into()));
+        assert_eq!(
+            r,
+            [
+                0x0a, 6, b'l', b'a', b't', b'e', b's', b't', 0x12, 1, b'p', 0x1a, 6, 0x08, 2, 0x12,
+                2, b'a', b'b'
+            ]
+        );
         let tags = attach_tags_request("p", &ObjectRef::sha256("ab".into()), &[("k", "v")]);
         assert_eq!(
             tags,
