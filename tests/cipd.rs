@@ -958,3 +958,110 @@ fn publishing_a_wheel_waits_for_processing() {
         Some(hex.as_str())
     );
 }
+
+/// What `wheel-build --upload` does after its run, without Docker: the wanted results
+/// (a universal wheel, a platform wheel, an abi3 wheel, a failure and a dependency) go
+/// to one package per CPython they serve; the rest go nowhere.
+#[test]
+fn wheel_build_results_are_published_under_vpython_names() {
+    use dockerbuild::wheel::run::{JobResult, Status};
+    use dockerbuild::wheel::{Catalogue, Platform, publish, spec::WheelSpec};
+    let spec = |id: &str, text: &str| {
+        let mut s: WheelSpec = toml::from_str(text).unwrap();
+        s.id = id.to_owned();
+        s
+    };
+    let catalogue = Catalogue {
+        specs: vec![
+            spec(
+                "six",
+                "name = \"six\"\nversion = \"1.16.0\"\nkind = \"universal\"\nwheel = \"six\"\n",
+            ),
+            spec(
+                "markupsafe",
+                "name = \"MarkupSafe\"\nversion = \"2.1.5\"\nkind = \"source\"\nsdist = \"markupsafe\"\n\
+                 python = [\"3.11\", \"3.13\"]\nplatforms = [\"linux-arm64\"]\n",
+            ),
+            spec(
+                "cryptography",
+                "name = \"cryptography\"\nversion = \"43.0.0\"\nkind = \"source\"\nsdist = \"c\"\n\
+                 python = [\"3.11\", \"3.13\"]\nplatforms = [\"linux-arm64\"]\nabi3 = true\n",
+            ),
+        ],
+        platforms: vec![Platform {
+            name: "linux-arm64".into(),
+            wheel_tags: vec!["manylinux_2_17_aarch64".into()],
+            cipd_platform: "linux-arm64".into(),
+            buildable: true,
+            cross: true,
+        }],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let result =
+        |spec: &str, platform: &str, python: Option<&str>, wheel: Option<&str>| JobResult {
+            label: format!("{spec} {platform}"),
+            status: if wheel.is_some() {
+                Status::Built
+            } else {
+                Status::Failed {
+                    error: "boom".into(),
+                }
+            },
+            spec: Some(spec.into()),
+            platform: Some(platform.into()),
+            python: python.map(str::to_owned),
+            key: None,
+            digest: None,
+            path: None,
+            wheels: wheel
+                .map(|w| write_wheel(dir.path(), w, spec))
+                .into_iter()
+                .collect(),
+            tags: Vec::new(),
+            wanted: true,
+        };
+    let mut dependency = result("six", "any", None, Some("six-1.16.0-py3-none-any.whl"));
+    dependency.wanted = false;
+    let results = [
+        result("six", "any", None, Some("six-1.16.0-py3-none-any.whl")),
+        result(
+            "markupsafe",
+            "linux-arm64",
+            Some("3.13"),
+            Some("MarkupSafe-2.1.5-cp313-cp313-manylinux_2_17_aarch64.whl"),
+        ),
+        result("markupsafe", "linux-arm64", Some("3.11"), None),
+        result(
+            "cryptography",
+            "linux-arm64",
+            Some("3.11"),
+            Some("cryptography-43.0.0-cp311-abi3-manylinux_2_17_aarch64.whl"),
+        ),
+        dependency,
+    ];
+    let fake = FakeCipd::start();
+    let c = CipdCache::open_with(&fake.url("team/cache"), cipd_options::fast()).unwrap();
+    let out = publish::publish(&c, &catalogue, &results);
+    let mut packages: Vec<String> = out
+        .into_iter()
+        .map(|(label, r)| r.unwrap_or_else(|e| panic!("{label}: {e}")).package)
+        .collect();
+    packages.sort();
+    assert_eq!(
+        packages,
+        [
+            "infra/python/wheels/cryptography/linux-arm64_cp311_cp311",
+            "infra/python/wheels/cryptography/linux-arm64_cp313_cp313",
+            "infra/python/wheels/markupsafe/linux-arm64_cp313_cp313",
+            "infra/python/wheels/six-py3",
+        ]
+    );
+    let hex = &fake.instances("infra/python/wheels/cryptography/linux-arm64_cp313_cp313")[0].hex;
+    assert_eq!(
+        instance_files(&fake, hex),
+        [
+            ".cipdpkg/manifest.json",
+            "cryptography-43.0.0-py2.py3-none-any.whl"
+        ]
+    );
+}

@@ -139,6 +139,12 @@ pub fn open_with_config(url: &str, config: &crate::config::Config) -> Result<Box
     if !url.starts_with("cipd://") {
         return open(url);
     }
+    Ok(Box::new(open_cipd_with_config(url, config)?))
+}
+
+/// Opens a `cipd://` cache as such (to publish wheels to it), with the token from the
+/// environment or the config's `cipd-token-file`.
+pub fn open_cipd_with_config(url: &str, config: &crate::config::Config) -> Result<CipdCache> {
     let mut opts = cipd::CipdOptions::from_env();
     if opts.token.is_none()
         && let Some(path) = &config.cipd_token_file
@@ -153,7 +159,7 @@ pub fn open_with_config(url: &str, config: &crate::config::Config) -> Result<Box
         })?;
         opts.token = Some(text.trim().to_owned()).filter(|t| !t.is_empty());
     }
-    Ok(Box::new(CipdCache::open_with(url, opts)?))
+    CipdCache::open_with(url, opts)
 }
 
 /// The claim an entry makes under `key`, signed when a key is given.

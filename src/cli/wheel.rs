@@ -8,8 +8,10 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use dockerbuild::build::BuildOptions;
+use dockerbuild::cache::cipd::wheels::{Outcome, Published};
 use dockerbuild::project::RECIPES;
 use dockerbuild::recipe;
+use dockerbuild::wheel::publish;
 use dockerbuild::wheel::run::{self, Event, Plan};
 use dockerbuild::wheel::{CATALOGUE_FILE, Catalogue, Filter, WHEELS, catalogue};
 use indicatif::ProgressBar;
@@ -78,6 +80,48 @@ struct Report<'a> {
     /// Everything the run needed (recipes, dependency wheels), wanted or not.
     jobs: &'a [run::JobResult],
     failed: usize,
+    /// With `--upload` to a `cipd://` cache: the packages published under vpython's names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    published: Vec<Published>,
+}
+
+/// With `--upload` and a `cipd://` cache first, publishes the wanted wheels under the
+/// names vpython expects, with a status line for each; returns them and the errors.
+fn publish_cipd(
+    g: &GlobalArgs,
+    caches: &dockerbuild::cache::Caches,
+    catalogue: &Catalogue,
+    results: &[run::JobResult],
+) -> Result<(Vec<Published>, Vec<String>)> {
+    let (mut published, mut errors) = (Vec::new(), Vec::new());
+    let first = caches.caches.first().map(|c| c.url());
+    let Some(url) = first.filter(|u| caches.upload && u.starts_with("cipd://")) else {
+        return Ok((published, errors));
+    };
+    let cache = dockerbuild::cache::open_cipd_with_config(url, &super::cache::config(g)?)?;
+    for (label, r) in publish::publish(&cache, catalogue, results) {
+        match r {
+            Ok(p) => {
+                let how = match p.outcome {
+                    Outcome::Uploaded => "uploaded".to_owned(),
+                    Outcome::Registered => "already there; refs set".to_owned(),
+                    Outcome::Kept => "this version is another instance; left as it is".to_owned(),
+                };
+                let refs = if p.refs.is_empty() {
+                    String::new()
+                } else {
+                    format!(", refs {}", p.refs.join(" "))
+                };
+                output::status(format!(
+                    "published {} {} {} ({how}{refs})",
+                    p.package, p.version, p.instance_id
+                ));
+                published.push(p);
+            }
+            Err(e) => errors.push(format!("{label}: {e}")),
+        }
+    }
+    Ok((published, errors))
 }
 
 pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
@@ -150,6 +194,7 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
     let started = std::time::Instant::now();
     let results = run::run(&cx, &plan);
     super::cache::report_uploads(&c.caches, &c.store);
+    let (published, publish_errors) = publish_cipd(g, &c.caches, &catalogue, &results)?;
 
     let wanted: Vec<&run::JobResult> = results.iter().filter(|r| r.wanted).collect();
     let failures: Vec<&run::JobResult> = results.iter().filter(|r| !r.status.ok()).collect();
@@ -183,6 +228,7 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
             wheels: wanted.clone(),
             jobs: &results,
             failed: failures.len(),
+            published,
         })?;
     } else {
         for r in &wanted {
@@ -196,6 +242,14 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
         for f in &failures {
             eprintln!("  {}: {}", f.label, f.status.describe());
         }
+    }
+    if !publish_errors.is_empty() {
+        eprintln!("not published:");
+        for e in &publish_errors {
+            eprintln!("  {e}");
+        }
+    }
+    if !failures.is_empty() || !publish_errors.is_empty() {
         return Ok(1);
     }
     Ok(0)

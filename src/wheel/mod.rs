@@ -6,6 +6,7 @@
 //! platforms (`wheels/platforms.toml`) served by prebuilt wheels.
 
 pub mod catalogue;
+pub mod publish;
 pub mod run;
 pub mod spec;
 pub mod tags;
