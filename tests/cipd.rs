@@ -957,6 +957,76 @@ fn publishing_a_wheel_waits_for_processing() {
             .as_deref(),
         Some(hex.as_str())
     );
+    // CreateRef itself answering FAILED_PRECONDITION is waited out too; ABORTED (a
+    // failed processor) is reported naming the ref and the package.
+    fake.fault(
+        "CreateRef",
+        Fault::Grpc(9, "the instance is not ready yet: pending processors"),
+        2,
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let wheel = write_wheel(dir2.path(), "six-1.17.0-py3-none-any.whl", "# six 1.17");
+    let p = c
+        .publish_wheel("six", "1.17.0", &WheelTarget::Universal, &[wheel])
+        .unwrap();
+    assert_eq!(p.refs, ["latest", "1.x", "1.17.x"]);
+    fake.fault(
+        "CreateRef",
+        Fault::Grpc(10, "processor failed: broken instance"),
+        1,
+    );
+    let wheel = write_wheel(dir2.path(), "six-1.18.0-py3-none-any.whl", "# six 1.18");
+    let msg = c
+        .publish_wheel("six", "1.18.0", &WheelTarget::Universal, &[wheel])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("ABORTED")
+            && msg.contains("set ref `latest`")
+            && msg.contains("infra/python/wheels/six-py3"),
+        "{msg}"
+    );
+}
+
+/// The fake's CreateRef, driven by hand: WRITER only, a valid ref name, an existing
+/// instance.
+#[test]
+fn the_fake_creates_refs_as_the_notes_describe() {
+    let fake = FakeCipd::start();
+    let hex = fake.add_instance("a/pkg", b"zip bytes", &[]);
+    let body = |name: &str, hex: &str| {
+        format!(
+            r#"{{"name":"{name}","package":"a/pkg","instance":{{"hashAlgo":"SHA256","hexDigest":"{hex}"}}}}"#
+        )
+    };
+    let json = "application/json";
+    let call = |b: String, token| {
+        post_as(
+            &fake,
+            "cipd.Repository/CreateRef",
+            json,
+            b.as_bytes(),
+            token,
+        )
+        .1
+    };
+    let writer = Some(cipd_fake::WRITER_TOKEN);
+    assert_eq!(call(body("latest", &hex), None).as_deref(), Some("7"));
+    assert_eq!(
+        call(body("latest", &hex), Some(cipd_fake::READER_TOKEN)).as_deref(),
+        Some("7")
+    );
+    assert_eq!(call(body("Bad Ref", &hex), writer).as_deref(), Some("3"));
+    assert_eq!(
+        call(body("latest", &"0".repeat(64)), writer).as_deref(),
+        Some("5")
+    );
+    assert_eq!(fake.ref_hex("a/pkg", "latest"), None);
+    assert_eq!(call(body("latest", &hex), writer).as_deref(), Some("0"));
+    assert_eq!(
+        fake.ref_hex("a/pkg", "latest").as_deref(),
+        Some(hex.as_str())
+    );
 }
 
 /// What `wheel-build --upload` does after its run, without Docker: the wanted results
