@@ -75,6 +75,8 @@ pub struct GlobalArgs {
     pub no_substitute: bool,
 
     /// Push what this run builds or uses and the first cache lacks to that cache
+    /// (`wheel-build` with a `cipd://` first cache also publishes the wheels under the
+    /// names vpython expects)
     #[arg(long, global = true)]
     pub upload: bool,
 }

@@ -20,6 +20,8 @@
 //! anonymous temporary file, hashed as they arrive and checked against the instance ID
 //! before a byte is returned; the store then re-hashes the stream itself.
 //! The service is plain `http` only on loopback hosts (tests, local proxies).
+//!
+//! [`wheels`] publishes wheels outside the prefix, under the names vpython expects.
 
 pub mod names;
 pub mod package;
