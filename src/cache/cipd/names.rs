@@ -70,22 +70,21 @@ pub fn valid_version(v: &str) -> bool {
     InstanceId::parse(v, false).is_ok() || valid_ref(v) || valid_tag(v)
 }
 
-/// A distribution name as CIPD package components spell it: lowercase, runs of `-_.`
-/// as one `-` (PEP 503).
+/// A distribution name as the original dockerbuild spelled CIPD package components:
+/// lowercased, `.` as `_`, hyphens and underscores kept (`zope.interface` ->
+/// `zope_interface`, `google-crc32c` stays), so existing vpython specs find them.
 pub fn normalize(name: &str) -> Result<String, NameError> {
-    let mut out = String::new();
-    let mut sep = false;
-    for c in name.trim().chars() {
-        if matches!(c, '-' | '_' | '.') {
-            sep = true;
-            continue;
-        }
-        if sep && !out.is_empty() {
-            out.push('-');
-        }
-        sep = false;
-        out.push(c.to_ascii_lowercase());
-    }
+    let out: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c == '.' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
     if component_ok(&out) {
         Ok(out)
     } else {
@@ -277,11 +276,19 @@ mod tests {
         );
         assert_eq!(
             universal_wheel_package("typing_extensions").unwrap(),
-            "infra/python/wheels/typing-extensions-py3"
+            "infra/python/wheels/typing_extensions-py3"
+        );
+        assert_eq!(
+            wheel_package("ruamel.yaml.clib", "linux-arm64", "cp311_cp311").unwrap(),
+            "infra/python/wheels/ruamel_yaml_clib/linux-arm64_cp311_cp311"
+        );
+        assert_eq!(
+            universal_wheel_package("google-crc32c").unwrap(),
+            "infra/python/wheels/google-crc32c-py3"
         );
         assert_eq!(
             source_package("zope.interface").unwrap(),
-            "infra/third_party/source/zope-interface"
+            "infra/third_party/source/zope_interface"
         );
         assert!(universal_wheel_package("bad/name").is_err());
         assert!(wheel_package("x", "Linux-AMD64", "cp311").is_err());
