@@ -47,7 +47,21 @@ fn every_definition_parses_with_the_real_types() {
     for want in ["linux-arm64", "linux-armv7", "linux-x64"] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
-    for tc in &all {
+    for tc in all.iter().filter(|t| t.is_runner()) {
+        // Runners are the target's own Debian userland under QEMU, with its Python.
+        assert!(tc.qemu.is_some(), "{}", tc.name);
+        assert!(
+            tc.debian.packages.iter().any(|p| p.starts_with("python3")),
+            "{}",
+            tc.name
+        );
+        assert!(
+            tc.name.starts_with("run-") || tc.name.starts_with("native-"),
+            "{}",
+            tc.name
+        );
+    }
+    for tc in all.iter().filter(|t| !t.is_runner()) {
         assert_eq!(tc.env["CROSS_TRIPLE"], tc.cross_triple, "{}", tc.name);
         assert_eq!(
             tc.env["CMAKE_TOOLCHAIN_FILE"], CMAKE_TOOLCHAIN_PATH,
@@ -452,6 +466,10 @@ fn check_pins(tc: &Toolchain, pins: &[DebPin]) {
     }
     assert!(has("usr-is-merged", "all"));
     assert!(!pins.iter().any(|p| p.package == "usrmerge"), "no usrmerge");
+    if tc.is_runner() {
+        assert!(has("python3", host), "a runner has its Python");
+        return;
+    }
     assert!(has("cmake", host) && has("make", host));
     if tc.unpack.iter().any(|u| u.source == "ziglang") {
         // zig brings its own C libraries (libtool still pulls in Debian's gcc).
@@ -464,6 +482,10 @@ fn check_pins(tc: &Toolchain, pins: &[DebPin]) {
         assert!(pins.iter().any(|p| p.package.starts_with("libc6-dev-")
             && p.package.ends_with("-cross")
             && p.arch == "all"));
+    }
+    if tc.is_runner() {
+        assert!(has("python3", host), "a runner has its Python");
+        return;
     }
     assert!(has("cmake", host) && has("make", host));
     if tc.is_cross() {

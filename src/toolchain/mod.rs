@@ -373,6 +373,13 @@ impl Toolchain {
         Ok(())
     }
 
+    /// A runner, not a build platform: its image is the target's own userland (not
+    /// amd64), so everything in it runs under QEMU; tests import wheels in runners.
+    /// Builds need an amd64 image (the x86-64 host Python and cross compilers).
+    pub fn is_runner(&self) -> bool {
+        self.host_arch() != "amd64"
+    }
+
     /// The image's own dpkg architecture (the first listed).
     pub fn host_arch(&self) -> &str {
         &self.debian.architectures[0]

@@ -107,7 +107,7 @@ impl Catalogue {
         let mut platforms: Vec<Platform> = project
             .toolchains
             .iter()
-            .filter(|tc| tc.host_arch() == "amd64")
+            .filter(|tc| !tc.is_runner())
             .map(|tc| Platform {
                 name: tc.name.clone(),
                 wheel_tags: tc.wheel_tags.clone(),
