@@ -648,17 +648,7 @@ impl Repository {
         }
         let (mut loc, mut offset) = match resumed {
             Some(r) => r,
-            None => {
-                let resp = self.call(
-                    Method::POST,
-                    &format!("{}/blobs/uploads/", self.base),
-                    &[],
-                    &Body::Empty,
-                    &[StatusCode::ACCEPTED],
-                    what,
-                )?;
-                (self.location(&resp, what)?, 0)
-            }
+            None => (self.start_upload(what)?, 0),
         };
         *session = Some(loc.clone());
         while offset < size {
@@ -827,8 +817,8 @@ impl Repository {
 }
 
 impl Repository {
-    /// A small blob in one request (POST, then PUT with the bytes and the digest).
-    pub fn upload_blob_bytes(&self, bytes: &[u8], digest: &str, what: &str) -> Result<()> {
+    /// Opens an upload session; returns its location.
+    fn start_upload(&self, what: &str) -> Result<String> {
         let resp = self.call(
             Method::POST,
             &format!("{}/blobs/uploads/", self.base),
@@ -837,7 +827,12 @@ impl Repository {
             &[StatusCode::ACCEPTED],
             what,
         )?;
-        let loc = self.location(&resp, what)?;
+        self.location(&resp, what)
+    }
+
+    /// A small blob in one request (POST, then PUT with the bytes and the digest).
+    pub fn upload_blob_bytes(&self, bytes: &[u8], digest: &str, what: &str) -> Result<()> {
+        let loc = self.start_upload(what)?;
         let sep = if loc.contains('?') { '&' } else { '?' };
         self.call(
             Method::PUT,
