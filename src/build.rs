@@ -105,8 +105,10 @@ impl From<ImageError> for BuildError {
 pub struct Built {
     pub key: Digest,
     pub entry: Entry,
-    /// Found in the store by its key: nothing ran.
+    /// Found in the store by its key (or substituted): nothing ran.
     pub cached: bool,
+    /// The binary cache it was substituted from, if it was.
+    pub substituted: Option<String>,
 }
 
 /// The build's key: everything that can change its output.
@@ -157,6 +159,7 @@ pub fn build(
             key,
             entry,
             cached: true,
+            substituted: None,
         });
     }
     let tc = image::toolchain(project, &spec.platform)?;
@@ -269,6 +272,7 @@ pub fn build(
         key,
         entry,
         cached: false,
+        substituted: None,
     })
 }
 

@@ -354,6 +354,7 @@ impl Builder<'_> {
                 key,
                 entry,
                 cached: true,
+                substituted: None,
             });
         }
         let hit = match self.options.rebuild {
@@ -369,6 +370,7 @@ impl Builder<'_> {
                 key,
                 entry: hit.entry,
                 cached: true,
+                substituted: Some(hit.cache),
             });
         }
         // Another process on this store may be building the same key: wait for it, then
@@ -381,6 +383,7 @@ impl Builder<'_> {
                 key,
                 entry,
                 cached: true,
+                substituted: None,
             });
         }
         let img = image::generate(

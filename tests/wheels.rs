@@ -566,6 +566,8 @@ fn substituted_through(url: &str) {
     let second = tempfile::tempdir().unwrap();
     let store = fresh.path().join("store");
     let report = run(&store, second.path(), false);
+    assert_eq!(report["wheels"][0]["status"], "substituted", "{report}");
+    assert_eq!(report["wheels"][0]["cache"], url, "{report}");
     let name = "MarkupSafe-2.1.5-cp311-cp311-linux_aarch64";
     let a = std::fs::read(wheel_named(first.path(), name)).unwrap();
     let b = std::fs::read(wheel_named(second.path(), name)).unwrap();

@@ -520,11 +520,7 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
         JobKind::Recipe { name, platform } => {
             let spec = builder.spec(name, platform.as_deref())?;
             let built = builder.run(&spec)?;
-            result.status = if built.cached {
-                Status::Cached
-            } else {
-                Status::Built
-            };
+            result.status = status_of(&built);
             result.key = Some(built.key);
             result.digest = Some(built.entry.meta.digest);
             result.path = Some(built.entry.path);
@@ -540,11 +536,7 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
                         builder.options.rebuild = true;
                     }
                     let built = builder.run(&spec)?;
-                    let status = if built.cached {
-                        Status::Cached
-                    } else {
-                        Status::Built
-                    };
+                    let status = status_of(&built);
                     (status, built.key, built.entry)
                 }
             };
@@ -586,6 +578,16 @@ fn true_tags(cx: &Context, platform: &str, wheels: &[PathBuf]) -> Result<Vec<Str
         tags.push(super::tags::true_tag(&name, &facts, &promise)?);
     }
     Ok(tags)
+}
+
+fn status_of(built: &crate::build::Built) -> Status {
+    match (&built.substituted, built.cached) {
+        (Some(cache), _) => Status::Substituted {
+            cache: cache.clone(),
+        },
+        (None, true) => Status::Cached,
+        (None, false) => Status::Built,
+    }
 }
 
 /// The `.whl` files of a wheel entry (a directory of them), sorted.
