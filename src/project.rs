@@ -582,7 +582,7 @@ pub fn fetch_one(
     // A source is keyed by its own digest in binary caches: a cache's copy is as good as
     // upstream's, since the store re-hashes it on the way in.
     if let Some(e) = store.get(&p.blake3)? {
-        caches.offer(store, &p.blake3, &e)?;
+        caches.offer_source(store, &e)?;
         return Ok(FetchOutcome {
             name: p.name.clone(),
             file: p.file.clone(),
@@ -603,7 +603,7 @@ pub fn fetch_one(
         });
     }
     let (entry, fetched) = fetcher.fetch(store, &pin(p), bar.as_ref())?;
-    caches.offer(store, &p.blake3, &entry)?;
+    caches.offer_source(store, &entry)?;
     Ok(FetchOutcome {
         name: p.name.clone(),
         file: p.file.clone(),

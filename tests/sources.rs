@@ -405,7 +405,7 @@ fn real_debian_and_pypi_sources_resolve_to_the_checked_in_pins() {
 }
 
 /// A source is substituted from a binary cache when its upstream is gone: `sources
-/// --upload` pushes what one store fetched, and an empty store fetches the same bytes
+/// --upload-sources` pushes what one store fetched, and an empty store fetches the same bytes
 /// from the cache (checked against the pinned digest); a cache serving other bytes under
 /// that digest is refused.
 #[test]
@@ -415,7 +415,7 @@ fn sources_come_from_a_binary_cache_when_upstream_is_gone() {
     let p = Project::new(&http_source("s", &url, None));
     let cache = p.env.path().join("cache");
     let cache_url = format!("file://{}", cache.display());
-    p.ok(&["--cache", &cache_url, "--upload", "sources"]);
+    p.ok(&["--cache", &cache_url, "--upload-sources", "sources"]);
     let listed = p.ok(&["--cache", &cache_url, "cache", "ls"]);
     assert!(listed.contains("s.tar"), "{listed}");
     srv.route("/s.tar", Behaviour::Status(404)); // upstream is gone

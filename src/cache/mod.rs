@@ -295,6 +295,9 @@ pub struct Caches {
     pub substitute: bool,
     /// Push what is produced or fetched to the first cache (`--upload`).
     pub upload: bool,
+    /// Push the sources a run fetches or uses, even without `upload` (the original
+    /// dockerbuild's `--upload-sources`).
+    pub upload_sources: bool,
     uploaded: std::sync::Mutex<Vec<Claim>>,
 }
 
@@ -358,8 +361,18 @@ impl Caches {
     /// Notes in `store` (`.uploads/`) that the cache holds the claim, for
     /// [`LocalStore::never_uploaded`].
     pub fn offer(&self, store: &LocalStore, key: &Digest, entry: &Entry) -> Result<()> {
+        self.offer_if(self.upload, store, key, entry)
+    }
+
+    /// [`Caches::offer`] for a source (its key is its digest): also with `upload_sources`.
+    pub fn offer_source(&self, store: &LocalStore, entry: &Entry) -> Result<()> {
+        let digest = entry.meta.digest;
+        self.offer_if(self.upload || self.upload_sources, store, &digest, entry)
+    }
+
+    fn offer_if(&self, on: bool, store: &LocalStore, key: &Digest, entry: &Entry) -> Result<()> {
         let store = Some(store);
-        let Some(first) = self.caches.first().filter(|_| self.upload) else {
+        let Some(first) = self.caches.first().filter(|_| on) else {
             return Ok(());
         };
         let record = |store: Option<&LocalStore>| match store {

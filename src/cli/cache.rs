@@ -79,6 +79,7 @@ pub fn caches(g: &GlobalArgs, config: &Config) -> Result<Caches> {
     }
     c.substitute = !g.no_substitute;
     c.upload = g.upload;
+    c.upload_sources = g.upload_sources;
     Ok(c)
 }
 
@@ -94,7 +95,6 @@ pub fn config(g: &GlobalArgs) -> Result<Config> {
     }
 }
 
-/// Says what was uploaded during the run.
 /// Says what this run uploaded and, from the store's own records (no network), how many
 /// entries built or fetched here the first cache was never given.
 pub fn report_uploads(c: &Caches, store: &LocalStore) {

@@ -79,6 +79,11 @@ pub struct GlobalArgs {
     /// names vpython expects)
     #[arg(long, global = true)]
     pub upload: bool,
+
+    /// Push the sources this run fetches or uses to the first cache (the original
+    /// dockerbuild's flag; --upload includes it)
+    #[arg(long, global = true)]
+    pub upload_sources: bool,
 }
 
 #[derive(Debug, Subcommand)]
