@@ -406,8 +406,8 @@ fn real_debian_and_pypi_sources_resolve_to_the_checked_in_pins() {
 
 /// A source is substituted from a binary cache when its upstream is gone: `sources
 /// --upload-sources` pushes what one store fetched, and an empty store fetches the same bytes
-/// from the cache (checked against the pinned digest); a cache serving other bytes under
-/// that digest is refused.
+/// from the cache (checked against the pinned digest); a damaged cached copy is refused
+/// and upstream serves the source instead.
 #[test]
 fn sources_come_from_a_binary_cache_when_upstream_is_gone() {
     let srv = Server::start();
