@@ -833,8 +833,21 @@ fn the_store_knows_what_was_never_uploaded() {
     let mut caches = cache::Caches::none();
     caches.caches.push(cache::open(&url).unwrap());
     caches.upload = true;
+    caches.upload = false;
+    caches.offer(&s, &kb, &b).unwrap();
+    assert_eq!(
+        caches.not_uploaded(&s),
+        ["b"],
+        "this run used b and kept it"
+    );
+    caches.upload = true;
     caches.offer(&s, &ka, &a).unwrap();
     assert_eq!(names(&s), ["b"], "a was uploaded");
+    assert_eq!(
+        caches.not_uploaded(&s),
+        ["b"],
+        "the run's report: a is there now"
+    );
     assert!(caches.caches[0].lookup(&ka).unwrap().is_some());
     // Another cache has its own record.
     assert_eq!(s.never_uploaded("file:///elsewhere").unwrap().len(), 2);

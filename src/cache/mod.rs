@@ -299,6 +299,8 @@ pub struct Caches {
     /// dockerbuild's `--upload-sources`).
     pub upload_sources: bool,
     uploaded: std::sync::Mutex<Vec<Claim>>,
+    /// Every key offered during the run (uploading or not), with its entry's name.
+    used: std::sync::Mutex<Vec<(Digest, String)>>,
 }
 
 impl Caches {
@@ -371,25 +373,36 @@ impl Caches {
     }
 
     fn offer_if(&self, on: bool, store: &LocalStore, key: &Digest, entry: &Entry) -> Result<()> {
-        let store = Some(store);
+        self.used
+            .lock()
+            .expect("not poisoned")
+            .push((*key, entry.meta.name.clone()));
         let Some(first) = self.caches.first().filter(|_| on) else {
             return Ok(());
         };
-        let record = |store: Option<&LocalStore>| match store {
-            Some(s) => s.record_upload(first.url(), key),
-            None => Ok(()),
-        };
-        if first
+        let present = first
             .lookup(key)?
-            .is_some_and(|c| c.digest == entry.meta.digest)
-        {
-            record(store)?;
-            return Ok(());
+            .is_some_and(|c| c.digest == entry.meta.digest);
+        if !present {
+            let claim = upload(first.as_ref(), key, entry, self.signer.as_ref())?;
+            self.uploaded.lock().expect("not poisoned").push(claim);
         }
-        let claim = upload(first.as_ref(), key, entry, self.signer.as_ref())?;
-        record(store)?;
-        self.uploaded.lock().expect("not poisoned").push(claim);
-        Ok(())
+        Ok(store.record_upload(first.url(), key)?)
+    }
+
+    /// The names of the entries this run produced or used that the first cache is not
+    /// recorded (in `store`) as holding: only this run's keys, read from local records.
+    pub fn not_uploaded(&self, store: &LocalStore) -> Vec<String> {
+        let Some(first) = self.caches.first() else {
+            return Vec::new();
+        };
+        let mut used = self.used.lock().expect("not poisoned").clone();
+        used.sort();
+        used.dedup();
+        used.into_iter()
+            .filter(|(k, _)| !store.is_uploaded(first.url(), k))
+            .map(|(_, name)| name)
+            .collect()
     }
 
     /// What [`Caches::offer`] pushed during this run.

@@ -95,8 +95,8 @@ pub fn config(g: &GlobalArgs) -> Result<Config> {
     }
 }
 
-/// Says what this run uploaded and, from the store's own records (no network), how many
-/// entries built or fetched here the first cache was never given.
+/// Says what this run uploaded and, from the store's own records (no network), which
+/// entries it built or used that the first cache was never given.
 pub fn report_uploads(c: &Caches, store: &LocalStore) {
     let Some(first) = c.caches.first() else {
         return;
@@ -105,28 +105,21 @@ pub fn report_uploads(c: &Caches, store: &LocalStore) {
     if !up.is_empty() {
         output::status(format!("uploaded {} entries to {}", up.len(), first.url()));
     }
-    match store.never_uploaded(first.url()) {
-        Ok(missing) if !missing.is_empty() => {
-            let names: Vec<&str> = missing
-                .iter()
-                .take(5)
-                .map(|(_, e)| e.meta.name.as_str())
-                .collect();
-            output::status(format!(
-                "note: {} entries built or fetched here were never uploaded to {} ({}{}); \
-                 upload them with --upload or `dockerbuild cache push`",
-                missing.len(),
-                first.url(),
-                names.join(", "),
-                if missing.len() > names.len() {
-                    ", ..."
-                } else {
-                    ""
-                }
-            ));
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot list what was never uploaded: {e}"),
+    let missing = c.not_uploaded(store);
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().take(5).map(|n| n.as_str()).collect();
+        output::status(format!(
+            "note: {} entries built or fetched by this run were never uploaded to {} ({}{}); \
+             upload them with --upload or `dockerbuild cache push`",
+            missing.len(),
+            first.url(),
+            names.join(", "),
+            if missing.len() > names.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        ));
     }
 }
 

@@ -230,6 +230,11 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// Whether binary cache `cache` is recorded as holding the claim for `key`.
+    pub fn is_uploaded(&self, cache: &str, key: &Digest) -> bool {
+        self.uploads_dir(cache).join(key.to_hex()).exists()
+    }
+
     fn uploads_dir(&self, cache: &str) -> PathBuf {
         self.dir
             .join(".uploads")
