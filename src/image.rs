@@ -124,83 +124,16 @@ pub fn generate(
     caches: &Caches,
     progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
 ) -> Result<Image, ImageError> {
-    let (tc, debs, unpacks, key) = resolve(project, lock, platform)?;
+    let Resolved {
+        tc,
+        debs,
+        unpacks,
+        digests,
+        key,
+    } = resolve(project, lock, platform)?;
     // One generation per image at a time, across threads and processes: who waited
     // finds the other's result.
     let _generating = store.lock_key(&key)?;
-    generate_locked(
-        store, fetcher, platform, caches, progress, tc, debs, unpacks, key,
-    )
-}
-
-/// The key of a platform's image (what [`generate`] would make), from the lockfile
-/// alone: builds are keyed by it, so a build whose output is known needs no image.
-pub fn image_key(project: &Project, lock: &Lockfile, platform: &str) -> Result<Digest, ImageError> {
-    Ok(resolve(project, lock, platform)?.3)
-}
-
-type Resolved<'a> = (
-    &'a Toolchain,
-    Vec<&'a crate::lock::LockedSource>,
-    Vec<(&'a crate::toolchain::Unpack, &'a crate::lock::LockedSource)>,
-    Digest,
-);
-
-fn resolve<'a>(
-    project: &'a Project,
-    lock: &'a Lockfile,
-    platform: &str,
-) -> Result<Resolved<'a>, ImageError> {
-    let tc = toolchain(project, platform)?;
-    let locked = lock
-        .toolchain(platform)
-        .ok_or_else(|| ImageError::NotLocked {
-            name: platform.to_owned(),
-        })?;
-    let mut debs = Vec::new();
-    for name in &locked.debs {
-        let d = lock
-            .deb(name)
-            .ok_or_else(|| ImageError::BadDeb { name: name.clone() })?;
-        debs.push(d);
-    }
-    let mut unpacks = Vec::new();
-    for u in &tc.unpack {
-        let pin = lock
-            .get(&u.source)
-            .ok_or_else(|| ImageError::UnpackNotLocked {
-                name: platform.to_owned(),
-                source_name: u.source.clone(),
-            })?;
-        unpacks.push((u, pin));
-    }
-    // The unpacked sources count like the .debs: by their pinned store addresses.
-    let digests: Vec<Digest> = debs
-        .iter()
-        .map(|d| d.blake3)
-        .chain(unpacks.iter().map(|(_, p)| p.blake3))
-        .collect();
-    let key = key(tc, &digests);
-    Ok((tc, debs, unpacks, key))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn generate_locked(
-    store: &LocalStore,
-    fetcher: &Fetcher,
-    platform: &str,
-    caches: &Caches,
-    progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
-    tc: &Toolchain,
-    debs: Vec<&crate::lock::LockedSource>,
-    unpacks: Vec<(&crate::toolchain::Unpack, &crate::lock::LockedSource)>,
-    key: Digest,
-) -> Result<Image, ImageError> {
-    let digests: Vec<Digest> = debs
-        .iter()
-        .map(|d| d.blake3)
-        .chain(unpacks.iter().map(|(_, p)| p.blake3))
-        .collect();
     if let Some(e) = store.resolve_key(&key)? {
         caches.offer(store, &key, &e)?;
         return Ok(Image {
@@ -290,6 +223,66 @@ fn generate_locked(
         key,
         entry: entry.path,
         cached: false,
+    })
+}
+
+/// The key of a platform's image (what [`generate`] would make), from the lockfile
+/// alone: builds are keyed by it, so a build whose output is known needs no image.
+pub fn image_key(project: &Project, lock: &Lockfile, platform: &str) -> Result<Digest, ImageError> {
+    Ok(resolve(project, lock, platform)?.key)
+}
+
+/// What an image is made of, from the lockfile, and its key.
+struct Resolved<'a> {
+    tc: &'a Toolchain,
+    debs: Vec<&'a crate::lock::LockedSource>,
+    unpacks: Vec<(&'a crate::toolchain::Unpack, &'a crate::lock::LockedSource)>,
+    /// The .debs' and unpacked sources' store addresses, in order.
+    digests: Vec<Digest>,
+    key: Digest,
+}
+
+fn resolve<'a>(
+    project: &'a Project,
+    lock: &'a Lockfile,
+    platform: &str,
+) -> Result<Resolved<'a>, ImageError> {
+    let tc = toolchain(project, platform)?;
+    let locked = lock
+        .toolchain(platform)
+        .ok_or_else(|| ImageError::NotLocked {
+            name: platform.to_owned(),
+        })?;
+    let mut debs = Vec::new();
+    for name in &locked.debs {
+        let d = lock
+            .deb(name)
+            .ok_or_else(|| ImageError::BadDeb { name: name.clone() })?;
+        debs.push(d);
+    }
+    let mut unpacks = Vec::new();
+    for u in &tc.unpack {
+        let pin = lock
+            .get(&u.source)
+            .ok_or_else(|| ImageError::UnpackNotLocked {
+                name: platform.to_owned(),
+                source_name: u.source.clone(),
+            })?;
+        unpacks.push((u, pin));
+    }
+    // The unpacked sources count like the .debs: by their pinned store addresses.
+    let digests: Vec<Digest> = debs
+        .iter()
+        .map(|d| d.blake3)
+        .chain(unpacks.iter().map(|(_, p)| p.blake3))
+        .collect();
+    let key = key(tc, &digests);
+    Ok(Resolved {
+        tc,
+        debs,
+        unpacks,
+        digests,
+        key,
     })
 }
 
