@@ -44,6 +44,9 @@ impl LocalStore {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io("create store directory", &p))?;
         }
+        // Absolute, because entry paths are handed to Docker as bind mounts.
+        let dir =
+            fs::canonicalize(&dir).map_err(StoreError::io("resolve store directory", &dir))?;
         let lock = lock::lock(&dir.join(".lock"), mode)?;
         let store = LocalStore {
             root: root.to_owned(),
@@ -646,5 +649,24 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn a_store_named_by_a_relative_path_hands_out_absolute_entry_paths() {
+        // Docker refuses relative bind-mount sources.
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let relative = Path::new(".").join(dir.path().file_name().unwrap());
+        assert!(relative.is_relative());
+        let store = LocalStore::open(&relative.join("s")).unwrap();
+        let e = store
+            .add_reader(
+                &mut &b"x"[..],
+                false,
+                &NewEntry::new("x", crate::store::Kind::Output),
+                None,
+            )
+            .unwrap();
+        assert!(e.path.is_absolute(), "{}", e.path.display());
+        assert!(e.path.exists());
     }
 }
