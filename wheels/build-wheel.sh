@@ -7,7 +7,10 @@
 #   python          the host CPython (recipes/python.sh): it runs the build backend
 #   target          for a cross build, the target's headers and _sysconfigdata
 #                   (recipes/python-target.sh), so that sysconfig describes the target
-#   host-NAME       wheels (files, or directories of .whl files) importable by the backend
+#   host-site       the host build dependencies, unpacked and byte-compiled (site/): what
+#                   the backend imports. This script makes it too: with WHEEL_MAKE_HOST_SITE
+#                   set, it unpacks the inputs host-NAME (wheel files, or directories of
+#                   .whl files) into $DOCKERBUILD_OUT/site and byte-compiles them.
 #   target-NAME     target wheels, unpacked into $DOCKERBUILD_TARGET_SITE
 #   lib-NAME        native libraries (include/, lib/, lib/pkgconfig/) for the target
 #   patch-N         patches, applied in order with `patch -p1`
@@ -31,7 +34,6 @@ scratch=$(pwd -P)
 py=$inputs/python/bin/python3
 export LC_ALL=C.UTF-8 TZ=UTC SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 export PYTHONHASHSEED=0 PYTHONDONTWRITEBYTECODE=1 PYTHONNOUSERSITE=1
-: "${WHEEL_DIST:?}" "${WHEEL_VERSION:?}" "${WHEEL_PLATFORM_TAGS:?}"
 
 # Unpack wheels (files or directories of them) into a site directory; a wheel's
 # .data/purelib and .data/platlib go to the top, like an install.
@@ -66,11 +68,21 @@ PY
 }
 
 shopt -s nullglob
-host_site=$scratch/host-site
+if [ -n "${WHEEL_MAKE_HOST_SITE:-}" ]; then
+  # Hash-based .pyc files that are never checked against their source, so they stay
+  # valid read-only and whatever the mount's times; named as the wheel builds see them.
+  host=("$inputs"/host-*)
+  unpack_wheels "$out/site" "${host[@]}"
+  "$py" -I -m compileall -q --invalidation-mode unchecked-hash \
+    -s "$out/site" -p "$inputs/host-site/site" "$out/site" >/dev/null
+  echo "build-wheel: host site of ${#host[@]} wheels"
+  exit 0
+fi
+: "${WHEEL_DIST:?}" "${WHEEL_VERSION:?}" "${WHEEL_PLATFORM_TAGS:?}"
+
+host_site=$inputs/host-site/site
 target_site=$scratch/target-site
-host=("$inputs"/host-*)
 target_wheels=("$inputs"/target-*)
-unpack_wheels "$host_site" "${host[@]}"
 unpack_wheels "$target_site" "${target_wheels[@]}"
 export DOCKERBUILD_TARGET_SITE=$target_site
 

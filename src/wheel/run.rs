@@ -36,6 +36,10 @@ pub enum JobKind {
     },
     /// A wheel of the matrix, or one a wheel needs.
     Wheel(Triple),
+    /// The host build dependencies of wheels (`host` in a spec) unpacked into one site
+    /// directory and byte-compiled for a host Python, once for every wheel that names
+    /// the same set: a build then imports its backend without unpacking or compiling.
+    HostSite { python: String, host: Vec<Dep> },
 }
 
 /// One node of the plan.
@@ -287,10 +291,9 @@ impl Plan {
                 for l in &s.libraries {
                     deps.push(self.recipe(recipes, l, &platform, &s.id)?);
                 }
-                for d in &s.host {
-                    if let Dep::Wheel(w) = d {
-                        deps.push(self.wheel_for(c, recipes, w, HOST_PLATFORM, &python, chain)?);
-                    }
+                if !s.host.is_empty() {
+                    let python_job = deps[0];
+                    deps.push(self.host_site(c, recipes, &s.host, &python, python_job, chain)?);
                 }
                 for d in &s.target {
                     if let Dep::Wheel(w) = d {
@@ -301,6 +304,36 @@ impl Plan {
         }
         chain.pop();
         Ok(self.add(kind, t.label(), deps))
+    }
+}
+
+impl Plan {
+    /// The job making the site of `host` for `python` (whose recipe job is `python_job`).
+    fn host_site(
+        &mut self,
+        c: &Catalogue,
+        recipes: &[(Recipe, String)],
+        host: &[Dep],
+        python: &str,
+        python_job: usize,
+        chain: &mut Vec<String>,
+    ) -> super::Result<usize> {
+        let kind = JobKind::HostSite {
+            python: python.to_owned(),
+            host: host.to_vec(),
+        };
+        if let Some(&i) = self.index.get(&kind) {
+            return Ok(i);
+        }
+        let mut deps = vec![python_job];
+        for d in host {
+            if let Dep::Wheel(w) = d {
+                deps.push(self.wheel_for(c, recipes, w, HOST_PLATFORM, python, chain)?);
+            }
+        }
+        let names: Vec<&str> = host.iter().map(|d| d.name()).collect();
+        let label = format!("host site {} {}", cp_tag(python), names.join("+"));
+        Ok(self.add(kind, label, deps))
     }
 }
 
@@ -481,6 +514,9 @@ fn empty_result(job: &Job, status: Status) -> JobResult {
             t.python.clone(),
         ),
         JobKind::Recipe { platform, .. } => (None, platform.clone(), None),
+        JobKind::HostSite { python, .. } => {
+            (None, Some(HOST_PLATFORM.to_owned()), Some(python.clone()))
+        }
     };
     JobResult {
         label: job.label.clone(),
@@ -519,6 +555,14 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
     match &job.kind {
         JobKind::Recipe { name, platform } => {
             let spec = builder.spec(name, platform.as_deref())?;
+            let built = builder.run(&spec)?;
+            result.status = status_of(&built);
+            result.key = Some(built.key);
+            result.digest = Some(built.entry.meta.digest);
+            result.path = Some(built.entry.path);
+        }
+        JobKind::HostSite { python, host } => {
+            let spec = host_site_spec(cx, python, host, deps)?;
             let built = builder.run(&spec)?;
             result.status = status_of(&built);
             result.key = Some(built.key);
@@ -690,6 +734,52 @@ fn local_wheel(
     Ok((status, key, entry))
 }
 
+/// The build of a host site: the host Python, and the host wheels as `host-NAME` (pinned
+/// wheel files, or the entries of wheel jobs, which are `deps` after the Python).
+fn host_site_spec(
+    cx: &Context,
+    python: &str,
+    host: &[Dep],
+    deps: &[JobResult],
+) -> Result<BuildSpec, BoxError> {
+    let script = read_script(cx)?;
+    let digest = |r: &JobResult| r.digest.ok_or("a dependency has no entry");
+    let mut inputs = BTreeMap::new();
+    inputs.insert("python".to_owned(), digest(&deps[0])?);
+    let mut built = deps[1..].iter();
+    for d in host {
+        let digest = match d {
+            Dep::Source(n) => pinned(cx, n)?,
+            Dep::Wheel(_) => digest(built.next().ok_or("the plan lacks a host wheel")?)?,
+        };
+        inputs.insert(format!("host-{}", d.name()), digest);
+    }
+    let names: Vec<&str> = host.iter().map(|d| d.name()).collect();
+    Ok(BuildSpec {
+        name: format!("host-site-{}-{}", cp_tag(python), names.join("+")),
+        platform: HOST_PLATFORM.to_owned(),
+        inputs,
+        script,
+        env: BTreeMap::from([("WHEEL_MAKE_HOST_SITE".to_owned(), "1".to_owned())]),
+        kind: Kind::Other,
+        version: None,
+    })
+}
+
+fn read_script(cx: &Context) -> Result<String, BoxError> {
+    let path = cx.project.root.join(super::WHEELS).join(SCRIPT);
+    std::fs::read_to_string(&path).map_err(|e| format!("cannot read wheels/{SCRIPT}: {e}").into())
+}
+
+/// A pinned source's store address: a build fetches it if it runs; a lookup needs only
+/// the digest.
+fn pinned(cx: &Context, name: &str) -> Result<Digest, BoxError> {
+    let pin = cx.lock.get(name).ok_or_else(|| {
+        format!("source `{name}` is not in the lockfile (run `dockerbuild lock`)")
+    })?;
+    Ok(pin.blake3)
+}
+
 /// The hermetic build of a `source` (or universal-source) wheel.
 fn wheel_build_spec(
     cx: &Context,
@@ -701,22 +791,15 @@ fn wheel_build_spec(
     let (platform, _) = build_target(s, t);
     let pf: &Platform = cx.catalogue.platform(&platform).ok_or("unknown platform")?;
     let wheels_dir = cx.project.root.join(super::WHEELS);
-    let script = std::fs::read_to_string(wheels_dir.join(SCRIPT))
-        .map_err(|e| format!("cannot read wheels/{SCRIPT}: {e}"))?;
+    let script = read_script(cx)?;
     let mut inputs = BTreeMap::new();
-    let source = |name: &str| -> Result<Digest, BoxError> {
-        let pin = cx.lock.get(name).ok_or_else(|| {
-            format!("source `{name}` is not in the lockfile (run `dockerbuild lock`)")
-        })?;
-        // The build fetches it if it runs; a lookup needs only the digest.
-        Ok(pin.blake3)
-    };
+    let source = |name: &str| pinned(cx, name);
     inputs.insert(
         "sdist".to_owned(),
         source(s.sdist.as_deref().ok_or("no sdist")?)?,
     );
     // The dependency jobs, in the order the plan added them: host Python, target Python,
-    // libraries, host wheels, target wheels.
+    // libraries, the host site, target wheels.
     let by_job: HashMap<usize, &JobResult> = dep_jobs.iter().copied().zip(deps).collect();
     let mut it = dep_jobs.iter();
     let mut next = || -> Result<Digest, BoxError> {
@@ -732,12 +815,8 @@ fn wheel_build_spec(
     for l in &s.libraries {
         inputs.insert(format!("lib-{l}"), next()?);
     }
-    for d in &s.host {
-        let digest = match d {
-            Dep::Source(n) => source(n)?,
-            Dep::Wheel(_) => next()?,
-        };
-        inputs.insert(format!("host-{}", d.name()), digest);
+    if !s.host.is_empty() {
+        inputs.insert("host-site".to_owned(), next()?);
     }
     for d in &s.target {
         let digest = match d {

@@ -46,7 +46,7 @@ impl WheelKind {
 
 /// A dependency of a build: a pinned source (`source:NAME`, a wheel file) or another
 /// spec's wheel (`wheel:SPEC`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Dep {
     Source(String),
