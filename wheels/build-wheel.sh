@@ -83,7 +83,9 @@ fi
 host_site=$inputs/host-site/site
 target_site=$scratch/target-site
 target_wheels=("$inputs"/target-*)
-unpack_wheels "$target_site" "${target_wheels[@]}"
+if [ ${#target_wheels[@]} -gt 0 ]; then
+  unpack_wheels "$target_site" "${target_wheels[@]}"
+fi
 export DOCKERBUILD_TARGET_SITE=$target_site
 
 # The sdist: exactly one top-level directory.
