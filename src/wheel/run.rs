@@ -559,14 +559,9 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
 /// The truthful tag of each built wheel; an error when its binaries break what the
 /// platform promises (ARMv7 code in an ARMv6 wheel, a glibc newer than the floor).
 fn true_tags(cx: &Context, platform: &str, wheels: &[PathBuf]) -> Result<Vec<String>, BoxError> {
-    let pf = cx.catalogue.platform(platform).ok_or("unknown platform")?;
-    let zig = cx
-        .project
-        .toolchains
-        .iter()
-        .find(|tc| tc.name == platform)
-        .and_then(|tc| tc.env.get("ZIG_TARGET"));
-    let promise = super::tags::Promise::of(&pf.wheel_tags, zig.map(|z| z.as_str()))
+    let promise = cx
+        .catalogue
+        .promise(cx.project, platform)
         .ok_or_else(|| format!("platform `{platform}` has no linux or manylinux wheel tag"))?;
     let mut tags = Vec::new();
     for w in wheels {

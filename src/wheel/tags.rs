@@ -26,6 +26,8 @@ pub enum TagError {
     },
     #[error("{file}: not an ELF file this tool can read: {reason}")]
     Elf { file: String, reason: String },
+    #[error("wheel `{}`: its file name has no linux or manylinux platform tag to judge it by\nhint: name the platform it is for with --platform", path.display())]
+    NoPromise { path: std::path::PathBuf },
     #[error("wheel `{wheel}` would lie with tag `{tag}`: {reason}")]
     Lie {
         wheel: String,
@@ -267,6 +269,9 @@ pub struct Promise {
     pub arch: String,
     /// The oldest glibc the platform's wheels must run on, if it promises one.
     pub glibc_floor: Option<(u32, u32)>,
+    /// Its first tag is a manylinux tag, which also promises that only the policy's
+    /// libraries are left to the system.
+    pub manylinux: bool,
 }
 
 impl Promise {
@@ -290,9 +295,37 @@ impl Promise {
         }
         Some(Promise {
             arch,
+            manylinux: first.starts_with("manylinux_"),
             glibc_floor: floor,
         })
     }
+
+    /// What a wheel's own file name promises (its first platform tag), for a wheel that
+    /// comes without a platform: `x-1-cp311-cp311-manylinux_2_17_x86_64.whl` promises
+    /// glibc 2.17 and the policy's libraries. The legacy aliases (`manylinux2014_x86_64`)
+    /// are read as the PEP 600 tags they stand for.
+    pub fn of_file_name(name: &str) -> Option<Promise> {
+        let stem = name.strip_suffix(".whl")?;
+        let platforms = stem.rsplit('-').next()?;
+        let first = platforms.split('.').next()?;
+        let tag = pep600_alias(first).unwrap_or_else(|| first.to_owned());
+        Promise::of(&[tag], None)
+    }
+}
+
+/// The PEP 600 tag a legacy manylinux tag stands for (`manylinux2014_x86_64` is
+/// `manylinux_2_17_x86_64`).
+pub fn pep600_alias(tag: &str) -> Option<String> {
+    for (old, glibc) in [
+        ("manylinux1_", "2_5"),
+        ("manylinux2010_", "2_12"),
+        ("manylinux2014_", "2_17"),
+    ] {
+        if let Some(arch) = tag.strip_prefix(old) {
+            return Some(format!("manylinux_{glibc}_{arch}"));
+        }
+    }
+    None
 }
 
 /// The machine (`e_machine`) of an architecture tag.
@@ -308,6 +341,35 @@ pub fn machine_of(arch: &str) -> Option<u16> {
         "s390x" => elf::EM_S390,
         _ => return None,
     })
+}
+
+/// The libraries in the binaries' `DT_NEEDED` that no manylinux policy lets a wheel
+/// leave to the system (the dynamic loader and libpython are the interpreter's).
+pub fn external_libraries(facts: &[ElfFacts]) -> Vec<&str> {
+    let mut v: Vec<&str> = facts
+        .iter()
+        .flat_map(|f| f.needed.iter())
+        .map(|s| s.as_str())
+        .filter(|n| {
+            !MANYLINUX_ALLOWED.contains(n)
+                && !n.starts_with("ld-linux")
+                && !n.starts_with("libpython")
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The glibc of the manylinux tag the binaries allow: their highest `GLIBC_` version,
+/// never below 2.17 (manylinux2014, the oldest policy every architecture here has).
+pub fn manylinux_glibc(facts: &[ElfFacts]) -> (u32, u32) {
+    facts
+        .iter()
+        .filter_map(|f| f.glibc)
+        .max()
+        .unwrap_or((2, 17))
+        .max((2, 17))
 }
 
 /// The truthful platform tag of a wheel whose binaries are `facts`, made for a platform
@@ -342,23 +404,26 @@ pub fn true_tag(wheel: &str, facts: &[ElfFacts], promise: &Promise) -> Result<St
             )));
         }
     }
-    let external: Vec<&str> = facts
+    let external = external_libraries(facts);
+    if promise.manylinux && !external.is_empty() {
+        return Err(TagError::Lie {
+            wheel: wheel.to_owned(),
+            tag: format!("manylinux_*_{}", promise.arch),
+            reason: format!(
+                "it needs {} from the system, outside the manylinux policy",
+                external.join(", ")
+            ),
+        });
+    }
+    // libstdc++ newer than manylinux2014's (GLIBCXX_3.4.19, GCC 4.8) would need the
+    // policy table of every later glibc; no wheel here is C++, so such a wheel is not
+    // given a manylinux tag at all rather than a guessed one.
+    let old_libstdcxx = facts
         .iter()
-        .flat_map(|f| f.needed.iter())
-        .map(|s| s.as_str())
-        .filter(|n| {
-            !MANYLINUX_ALLOWED.contains(n)
-                && !n.starts_with("ld-linux")
-                && !n.starts_with("libpython")
-        })
-        .collect();
-    let glibc = facts
-        .iter()
-        .filter_map(|f| f.glibc)
-        .max()
-        .unwrap_or((2, 17))
-        .max((2, 17));
-    if external.is_empty() && MANYLINUX_ARCHES.contains(&promise.arch.as_str()) {
+        .filter_map(|f| f.glibcxx)
+        .all(|v| v <= (3, 4, 19));
+    let glibc = manylinux_glibc(facts);
+    if external.is_empty() && old_libstdcxx && MANYLINUX_ARCHES.contains(&promise.arch.as_str()) {
         Ok(format!(
             "manylinux_{}_{}_{}",
             glibc.0, glibc.1, promise.arch
@@ -366,6 +431,63 @@ pub fn true_tag(wheel: &str, facts: &[ElfFacts], promise: &Promise) -> Result<St
     } else {
         Ok(format!("linux_{}", promise.arch))
     }
+}
+
+/// What `dockerbuild wheel-tag` reports about one wheel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Examined {
+    pub wheel: String,
+    /// The architecture and glibc floor the wheel was judged against.
+    pub arch: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub glibc_floor: Option<String>,
+    /// The truthful platform tag; `None` when the promise is a lie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Why the promise is a lie, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lie: Option<String>,
+    /// The glibc of the manylinux tag the binaries allow (see [`manylinux_glibc`]),
+    /// also for architectures without manylinux tags.
+    pub glibc: String,
+    /// Libraries needed from the system outside the manylinux policy.
+    pub external: Vec<String>,
+    pub files: Vec<ElfFacts>,
+}
+
+/// Inspects a wheel and judges it against `promise`, or, without one, against what its
+/// own file name promises.
+pub fn examine(path: &Path, promise: Option<&Promise>) -> Result<Examined, TagError> {
+    let wheel = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let promise = match promise {
+        Some(p) => p.clone(),
+        None => Promise::of_file_name(&wheel).ok_or_else(|| TagError::NoPromise {
+            path: path.to_owned(),
+        })?,
+    };
+    let files = inspect_wheel(path)?;
+    let (tag, lie) = match true_tag(&wheel, &files, &promise) {
+        Ok(t) => (Some(t), None),
+        Err(e @ TagError::Lie { .. }) => (None, Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let g = manylinux_glibc(&files);
+    Ok(Examined {
+        wheel,
+        arch: promise.arch.clone(),
+        glibc_floor: promise.glibc_floor.map(|(a, b)| format!("{a}.{b}")),
+        tag,
+        lie,
+        glibc: format!("{}.{}", g.0, g.1),
+        external: external_libraries(&files)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        files,
+    })
 }
 
 #[cfg(test)]
@@ -460,6 +582,32 @@ mod tests {
         let wrong = facts(elf::EM_AARCH64, None, &[], None);
         let e = true_tag("w", &[wrong], &ml).unwrap_err().to_string();
         assert!(e.contains("machine"), "{e}");
+    }
+
+    #[test]
+    fn a_manylinux_name_promises_the_policy_libraries_and_its_glibc() {
+        let p =
+            Promise::of_file_name("x-1-cp311-cp311-manylinux2014_x86_64.linux_x86_64.whl").unwrap();
+        assert_eq!(
+            (p.arch.as_str(), p.glibc_floor, p.manylinux),
+            ("x86_64", Some((2, 17)), true)
+        );
+        let z = facts(
+            elf::EM_X86_64,
+            Some((2, 17)),
+            &["libz.so.1", "libc.so.6"],
+            None,
+        );
+        let e = true_tag("w", &[z.clone()], &p).unwrap_err().to_string();
+        assert!(e.contains("libz.so.1") && e.contains("manylinux"), "{e}");
+        let linux = Promise::of_file_name("x-1-cp311-cp311-linux_x86_64.whl").unwrap();
+        assert!(!linux.manylinux);
+        assert_eq!(true_tag("w", &[z], &linux).unwrap(), "linux_x86_64");
+        assert!(Promise::of_file_name("x-1-py3-none-any.whl").is_none());
+        // A libstdc++ newer than manylinux2014's: no manylinux tag is claimed.
+        let mut cxx = facts(elf::EM_X86_64, Some((2, 17)), &["libstdc++.so.6"], None);
+        cxx.glibcxx = Some((3, 4, 30));
+        assert_eq!(true_tag("w", &[cxx], &linux).unwrap(), "linux_x86_64");
     }
 
     #[test]
