@@ -57,6 +57,11 @@ pub struct WheelBuildArgs {
     /// still looked up)
     #[arg(long)]
     pub rebuild: bool,
+    /// Build each selected source wheel once more (outside the store, which is left as
+    /// it is) and compare it byte for byte with the store's; name the first differing
+    /// file, zip member and ELF section, and exit 1 if any differs (like Nix's --check)
+    #[arg(long)]
+    pub check: bool,
     /// Copy the wheels out to DIR under their PEP 427 names, with their true tags (a
     /// manylinux tag added where the policy holds; WHEEL and RECORD rewritten to agree)
     #[arg(long, short = 'o', value_name = "DIR")]
@@ -197,6 +202,7 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
             rebuild: false,
         },
         rebuild: args.rebuild,
+        check: args.check,
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -243,6 +249,22 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
             }
         }
     }
+    let mut differing = 0;
+    for r in &wanted {
+        match &r.check {
+            Some(c) if !c.reproducible => {
+                differing += 1;
+                let d = c
+                    .first_difference
+                    .as_ref()
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                eprintln!("not reproducible: {}: first difference: {d}", r.label);
+            }
+            Some(_) => output::status(format!("reproducible: {}", r.label)),
+            None => {}
+        }
+    }
     if !failures.is_empty() {
         eprintln!("failed:");
         for f in &failures {
@@ -255,7 +277,7 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
             eprintln!("  {e}");
         }
     }
-    if !failures.is_empty() || !publish_errors.is_empty() {
+    if !failures.is_empty() || !publish_errors.is_empty() || differing > 0 {
         return Ok(1);
     }
     Ok(0)

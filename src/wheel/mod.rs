@@ -6,6 +6,7 @@
 //! platforms (`wheels/platforms.toml`) served by prebuilt wheels.
 
 pub mod catalogue;
+pub mod check;
 pub mod publish;
 pub mod retag;
 pub mod run;

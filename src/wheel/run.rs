@@ -114,6 +114,9 @@ pub struct JobResult {
     /// binaries need ([`super::tags`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// With `--check`: whether building it again gave the same bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<super::check::Checked>,
     pub wanted: bool,
 }
 
@@ -348,6 +351,8 @@ pub struct Context<'a> {
     pub options: BuildOptions,
     /// Build wanted wheels again even when the store has them (`--rebuild`).
     pub rebuild: bool,
+    /// Build wanted source wheels once more, outside the store, and compare (`--check`).
+    pub check: bool,
     /// Parallel jobs.
     pub jobs: usize,
     pub progress: &'a (dyn Fn(&str) -> Box<dyn Progress> + Sync),
@@ -493,6 +498,7 @@ fn empty_result(job: &Job, status: Status) -> JobResult {
         path: None,
         wheels: Vec::new(),
         tags: Vec::new(),
+        check: None,
         wanted: job.wanted,
     }
 }
@@ -536,6 +542,14 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
                         builder.options.rebuild = true;
                     }
                     let built = builder.run(&spec)?;
+                    if cx.check && job.wanted {
+                        let again = builder.rebuild_unpublished(&spec)?;
+                        let diff = super::check::first_difference(&built.entry.path, &again.out())?;
+                        result.check = Some(super::check::Checked {
+                            reproducible: diff.is_none(),
+                            first_difference: diff,
+                        });
+                    }
                     let status = status_of(&built);
                     (status, built.key, built.entry)
                 }
