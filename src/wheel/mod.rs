@@ -1,6 +1,7 @@
 //! Python wheels: typed specs (`wheels/*.toml`), the platforms they are built for, the
 //! (spec, platform, Python) matrix, the `wheels.md` catalogue, and building the matrix
-//! hermetically ([`run`]).
+//! hermetically ([`run`]); the tag a wheel's binaries allow ([`tags`]), writing wheels
+//! out under it ([`retag`]), and comparing a rebuild with the store's wheel ([`check`]).
 //!
 //! Linux platforms are toolchains (`toolchains/*.toml`); mac and windows are download-only
 //! platforms (`wheels/platforms.toml`) served by prebuilt wheels.

@@ -598,7 +598,9 @@ mod tests {
             &["libz.so.1", "libc.so.6"],
             None,
         );
-        let e = true_tag("w", &[z.clone()], &p).unwrap_err().to_string();
+        let e = true_tag("w", std::slice::from_ref(&z), &p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("libz.so.1") && e.contains("manylinux"), "{e}");
         let linux = Promise::of_file_name("x-1-cp311-cp311-linux_x86_64.whl").unwrap();
         assert!(!linux.manylinux);
