@@ -1,8 +1,8 @@
 //! True tags: `dockerbuild wheel-tag` cross-checked against auditwheel (installed from
 //! the package index into a throwaway venv) on real wheels `wheel-build` made for
 //! x86-64, arm64, ARMv7 and ARMv6, and on negative fixtures compiled here by the host's
-//! gcc: a library outside the manylinux policy, a glibc newer than the name claims, and
-//! ARMv7 code in a wheel named `linux_armv6l`. Also: `wheel-build -o` writes each wheel
+//! gcc: a library outside the manylinux policy, a glibc newer than the name claims, a
+//! libstdc++ newer than manylinux2014's, and ARMv7 code in a wheel named `linux_armv6l`. Also: `wheel-build -o` writes each wheel
 //! under its true tags, with `WHEEL` and `RECORD` agreeing with the name.
 //!
 //! What is compared: our tag against auditwheel's best policy for the wheel as it is
@@ -204,13 +204,17 @@ fn make_wheel(dir: &Path, file_name: &str, files: &[(&str, &[u8])]) -> PathBuf {
     path
 }
 
-/// A shared object compiled by the host's gcc from `source`, linked with `libs`
-/// (`-l:libffi.so.8`: kept in DT_NEEDED even when unused).
-fn compile(dir: &Path, stem: &str, source: &str, libs: &[&str]) -> Vec<u8> {
-    let c = dir.join(format!("{stem}.c"));
+/// A shared object compiled by the host's gcc (g++ for a `.cpp` stem) from `source`,
+/// linked with `libs` (`-l:libffi.so.8`: kept in DT_NEEDED even when unused).
+fn compile(dir: &Path, file: &str, source: &str, libs: &[&str]) -> Vec<u8> {
+    let (stem, compiler) = match file.strip_suffix(".cpp") {
+        Some(stem) => (stem, "g++"),
+        None => (file.strip_suffix(".c").unwrap(), "gcc"),
+    };
+    let c = dir.join(file);
     let so = dir.join(format!("{stem}.so"));
     std::fs::write(&c, source).unwrap();
-    let out = Command::new("gcc")
+    let out = Command::new(compiler)
         .args(["-shared", "-fPIC", "-O2", "-o"])
         .arg(&so)
         .arg(&c)
@@ -360,8 +364,10 @@ fn wheels_written_out_carry_their_true_tags_and_a_matching_record() {
 /// (see the module comment for what is compared), and the lies are refused.
 #[test]
 fn true_tags_agree_with_auditwheel() {
-    if !ready() || !common::available("gcc", Command::new("gcc").arg("--version").output().is_ok())
-    {
+    let compilers = ["gcc", "g++"]
+        .iter()
+        .all(|c| Command::new(c).arg("--version").output().is_ok());
+    if !ready() || !common::available("gcc and g++", compilers) {
         return;
     }
     let Some(aw) = auditwheel() else {
@@ -377,10 +383,14 @@ fn true_tags_agree_with_auditwheel() {
     let fx = tempfile::tempdir().unwrap();
     let plain = "#include <string.h>\nint f(const char *s) { return (int)strlen(s); }\n";
     let newer = "#include <stdlib.h>\nunsigned f(void) { return arc4random(); }\n";
-    let plain_so = compile(fx.path(), "plain", plain, &[]);
-    let ffi_so = compile(fx.path(), "ffi", plain, &["-l:libffi.so.8"]);
-    let z_so = compile(fx.path(), "z", plain, &["-l:libz.so.1"]);
-    let new_so = compile(fx.path(), "newer", newer, &[]);
+    // std::string's C++11 ABI: GLIBCXX_3.4.21, a libstdc++ manylinux2014 lacks.
+    let cxx = "#include <string>\n\
+               extern \"C\" int f(const char *s) { std::string t(s); t += \"!\"; return (int)t.size(); }\n";
+    let plain_so = compile(fx.path(), "plain.c", plain, &[]);
+    let ffi_so = compile(fx.path(), "ffi.c", plain, &["-l:libffi.so.8"]);
+    let z_so = compile(fx.path(), "z.c", plain, &["-l:libz.so.1"]);
+    let new_so = compile(fx.path(), "newer.c", newer, &[]);
+    let cxx_so = compile(fx.path(), "cxx.cpp", cxx, &[]);
     let armv7_so = members(
         wheels
             .iter()
@@ -402,12 +412,9 @@ fn true_tags_agree_with_auditwheel() {
     let new_linux = fixture("newer-1-cp311-cp311-linux_x86_64.whl", &new_so);
     let new_lie = fixture("newerlie-1-cp311-cp311-manylinux_2_17_x86_64.whl", &new_so);
     let v7_lie = fixture("armv7code-1-cp311-cp311-linux_armv6l.whl", &armv7_so);
-    wheels.extend([
-        plain_ok,
-        ffi_linux.clone(),
-        z_linux.clone(),
-        new_linux.clone(),
-    ]);
+    let cxx_linux = fixture("cxx-1-cp311-cp311-linux_x86_64.whl", &cxx_so);
+    let cxx_lie = fixture("cxxlie-1-cp311-cp311-manylinux2014_x86_64.whl", &cxx_so);
+    wheels.extend([plain_ok, ffi_linux.clone(), z_linux, new_linux, cxx_linux]);
 
     let (ours, ok) = wheel_tag(None, &wheels);
     assert!(
@@ -453,6 +460,11 @@ fn true_tags_agree_with_auditwheel() {
         verdicts.policies[&file(&ffi_linux)].starts_with("linux_"),
         "auditwheel agrees"
     );
+    assert_eq!(
+        tag_of("cxx-"),
+        "manylinux_2_24_x86_64",
+        "libstdc++ raises the glibc"
+    );
     let newer_tag = tag_of("newer-");
     assert!(
         newer_tag.starts_with("manylinux_2_3") && newer_tag != "manylinux_2_17_x86_64",
@@ -468,6 +480,7 @@ fn true_tags_agree_with_auditwheel() {
         (&ffi_lie, None, "libffi.so.8"),
         (&new_lie, None, "newer than the platform's floor 2.17"),
         (&v7_lie, None, "newer than ARMv6"),
+        (&cxx_lie, None, "GLIBCXX_3.4.21"),
         (x64, Some("linux-arm64"), "is for ELF machine"),
     ] {
         let (v, ok) = wheel_tag(platform, std::slice::from_ref(wheel));

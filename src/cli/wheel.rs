@@ -311,8 +311,9 @@ pub fn tag(args: WheelTagArgs, g: &GlobalArgs) -> Result<i32> {
             }
             for f in &e.files {
                 let glibc = f.glibc.map(|(a, b)| format!("GLIBC_{a}.{b}"));
+                let cxx = f.glibcxx.map(|(a, b, c)| format!("GLIBCXX_{a}.{b}.{c}"));
                 let arm = f.arm_arch.map(|a| format!("Tag_CPU_arch {a}"));
-                let needs: Vec<String> = [glibc, arm].into_iter().flatten().collect();
+                let needs: Vec<String> = [glibc, cxx, arm].into_iter().flatten().collect();
                 output::status(format!(
                     "  {} (machine {}): {}; needs {}",
                     f.file,

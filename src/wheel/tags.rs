@@ -361,15 +361,45 @@ pub fn external_libraries(facts: &[ElfFacts]) -> Vec<&str> {
     v
 }
 
-/// The glibc of the manylinux tag the binaries allow: their highest `GLIBC_` version,
-/// never below 2.17 (manylinux2014, the oldest policy every architecture here has).
-pub fn manylinux_glibc(facts: &[ElfFacts]) -> (u32, u32) {
-    facts
+/// For each manylinux glibc from which libstdc++ grew, the newest `GLIBCXX_3.4.N` its
+/// reference distribution provides: CentOS 7 (2.17, GCC 4.8), Debian 9 (2.24, GCC 6),
+/// then the GCC 7, 9, 11, 12 and 13 eras. A wheel needing `GLIBCXX_3.4.21` runs only
+/// from manylinux_2_24 on, whatever its `GLIBC_` versions say.
+const LIBSTDCXX: &[(u32, u32)] = &[
+    (17, 19),
+    (24, 22),
+    (26, 24),
+    (31, 28),
+    (34, 29),
+    (35, 30),
+    (39, 33),
+];
+
+/// The oldest manylinux glibc whose libstdc++ provides `GLIBCXX_` version `v`; `None`
+/// past the table.
+fn glibc_for_glibcxx(v: (u32, u32, u32)) -> Option<(u32, u32)> {
+    if (v.0, v.1) != (3, 4) {
+        return None;
+    }
+    LIBSTDCXX
         .iter()
-        .filter_map(|f| f.glibc)
-        .max()
-        .unwrap_or((2, 17))
-        .max((2, 17))
+        .find(|&&(_, n)| v.2 <= n)
+        .map(|&(g, _)| (2, g))
+}
+
+/// The glibc of the manylinux tag the binaries allow: their highest `GLIBC_` version, or
+/// the glibc whose libstdc++ their `GLIBCXX_` versions need if that is newer, never below
+/// 2.17 (manylinux2014, the oldest policy every architecture here has). `None` when they
+/// need a libstdc++ newer than any policy's.
+pub fn manylinux_glibc(facts: &[ElfFacts]) -> Option<(u32, u32)> {
+    let mut g = (2, 17);
+    for f in facts {
+        g = g.max(f.glibc.unwrap_or_default());
+        if let Some(v) = f.glibcxx {
+            g = g.max(glibc_for_glibcxx(v)?);
+        }
+    }
+    Some(g)
 }
 
 /// The truthful platform tag of a wheel whose binaries are `facts`, made for a platform
@@ -415,21 +445,24 @@ pub fn true_tag(wheel: &str, facts: &[ElfFacts], promise: &Promise) -> Result<St
             ),
         });
     }
-    // libstdc++ newer than manylinux2014's (GLIBCXX_3.4.19, GCC 4.8) would need the
-    // policy table of every later glibc; no wheel here is C++, so such a wheel is not
-    // given a manylinux tag at all rather than a guessed one.
-    let old_libstdcxx = facts
-        .iter()
-        .filter_map(|f| f.glibcxx)
-        .all(|v| v <= (3, 4, 19));
     let glibc = manylinux_glibc(facts);
-    if external.is_empty() && old_libstdcxx && MANYLINUX_ARCHES.contains(&promise.arch.as_str()) {
-        Ok(format!(
-            "manylinux_{}_{}_{}",
-            glibc.0, glibc.1, promise.arch
-        ))
-    } else {
-        Ok(format!("linux_{}", promise.arch))
+    if promise.manylinux
+        && let Some(floor) = promise.glibc_floor
+    {
+        let too_new = |v: (u32, u32, u32)| glibc_for_glibcxx(v).is_none_or(|g| g > floor);
+        if let Some(f) = facts.iter().find(|f| f.glibcxx.is_some_and(too_new)) {
+            let v = f.glibcxx.unwrap_or_default();
+            return Err(lie(format!(
+                "{} needs GLIBCXX_{}.{}.{}, a libstdc++ newer than glibc {}.{} systems have",
+                f.file, v.0, v.1, v.2, floor.0, floor.1
+            )));
+        }
+    }
+    match glibc {
+        Some(g) if external.is_empty() && MANYLINUX_ARCHES.contains(&promise.arch.as_str()) => {
+            Ok(format!("manylinux_{}_{}_{}", g.0, g.1, promise.arch))
+        }
+        _ => Ok(format!("linux_{}", promise.arch)),
     }
 }
 
@@ -448,8 +481,9 @@ pub struct Examined {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lie: Option<String>,
     /// The glibc of the manylinux tag the binaries allow (see [`manylinux_glibc`]),
-    /// also for architectures without manylinux tags.
-    pub glibc: String,
+    /// also for architectures without manylinux tags; `None` past every policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub glibc: Option<String>,
     /// Libraries needed from the system outside the manylinux policy.
     pub external: Vec<String>,
     pub files: Vec<ElfFacts>,
@@ -474,14 +508,14 @@ pub fn examine(path: &Path, promise: Option<&Promise>) -> Result<Examined, TagEr
         Err(e @ TagError::Lie { .. }) => (None, Some(e.to_string())),
         Err(e) => return Err(e),
     };
-    let g = manylinux_glibc(&files);
+    let glibc = manylinux_glibc(&files).map(|(a, b)| format!("{a}.{b}"));
     Ok(Examined {
         wheel,
         arch: promise.arch.clone(),
         glibc_floor: promise.glibc_floor.map(|(a, b)| format!("{a}.{b}")),
         tag,
         lie,
-        glibc: format!("{}.{}", g.0, g.1),
+        glibc,
         external: external_libraries(&files)
             .into_iter()
             .map(str::to_owned)
@@ -606,10 +640,23 @@ mod tests {
         assert!(!linux.manylinux);
         assert_eq!(true_tag("w", &[z], &linux).unwrap(), "linux_x86_64");
         assert!(Promise::of_file_name("x-1-py3-none-any.whl").is_none());
-        // A libstdc++ newer than manylinux2014's: no manylinux tag is claimed.
+        // libstdc++'s version raises the glibc: GLIBCXX_3.4.21 first came with 2.24's.
         let mut cxx = facts(elf::EM_X86_64, Some((2, 17)), &["libstdc++.so.6"], None);
-        cxx.glibcxx = Some((3, 4, 30));
-        assert_eq!(true_tag("w", &[cxx], &linux).unwrap(), "linux_x86_64");
+        cxx.glibcxx = Some((3, 4, 21));
+        assert_eq!(
+            true_tag("w", std::slice::from_ref(&cxx), &linux).unwrap(),
+            "manylinux_2_24_x86_64"
+        );
+        let e = true_tag("w", std::slice::from_ref(&cxx), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GLIBCXX_3.4.21"), "{e}");
+        cxx.glibcxx = Some((3, 4, 40));
+        assert_eq!(
+            true_tag("w", &[cxx], &linux).unwrap(),
+            "linux_x86_64",
+            "past every policy"
+        );
     }
 
     #[test]
