@@ -13,18 +13,24 @@ use common::images::{ready, repo, shared_store};
 use serde_json::Value;
 
 const C_SOURCE: &str = r#"#include <Python.h>
+#include "stamp.h"
 static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(42); }
-static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, NULL}, {NULL, NULL, 0, NULL}};
+static PyObject *stamp(PyObject *self, PyObject *args) { return PyUnicode_FromString(STAMP); }
+static PyMethodDef methods[] = {
+    {"answer", answer, METH_NOARGS, NULL}, {"stamp", stamp, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_c", NULL, -1, methods};
 PyMODINIT_FUNC PyInit__c(void) { return PyModule_Create(&module); }
 "#;
 
 /// An sdist `NAME-1.0.tar.gz` with one C extension `NAME._c`; `noisy` makes its setup.py
-/// write random bytes into `NAME/stamp.py`. Fixed times and owners: the same bytes each
-/// run, so the same pin and build key.
+/// write random bytes into `stamp.h` (a string in the extension) and `NAME/stamp.py`.
+/// Fixed times and owners: the same bytes each run, so the same pin and build key.
 fn sdist(dir: &Path, name: &str, noisy: bool) -> PathBuf {
     let stamp = if noisy {
-        "import os\nwith open(os.path.join(NAME, 'stamp.py'), 'w') as f:\n    f.write('STAMP = %r\\n' % os.urandom(8).hex())\n"
+        "import os\nSTAMP = os.urandom(8).hex()\n\
+         with open(os.path.join(NAME, 'stamp.py'), 'w') as f:\n    f.write('STAMP = %r\\n' % STAMP)\n\
+         with open('stamp.h', 'w') as f:\n    f.write('#define STAMP \"%s\"\\n' % STAMP)\n"
     } else {
         ""
     };
@@ -36,6 +42,7 @@ fn sdist(dir: &Path, name: &str, noisy: bool) -> PathBuf {
     let files = [
         ("setup.py", setup),
         ("c.c", C_SOURCE.to_owned()),
+        ("stamp.h", "#define STAMP \"0000000000000000\"\n".to_owned()),
         (&format!("{name}/__init__.py") as &str, String::new()),
         (
             &format!("{name}/stamp.py") as &str,
@@ -133,8 +140,9 @@ fn wheel_of<'a>(report: &'a Value, spec: &str) -> &'a Value {
 }
 
 /// `--check` passes the reproducible wheel, and for the other names the first differing
-/// member (the stamped module, not the identical extension) and exits 1; the store's
-/// entry stays as it was.
+/// member (the extension, which sorts before the stamped module) and its section (the
+/// string's `.rodata`, not the build ID derived from it) and exits 1; the store's entry
+/// stays as it was.
 #[test]
 fn check_names_the_first_difference_and_leaves_the_store_alone() {
     if !ready() {
@@ -180,11 +188,15 @@ fn check_names_the_first_difference_and_leaves_the_store_alone() {
             .starts_with("noisy-1.0-cp311-cp311-"),
         "{diff}"
     );
-    assert_eq!(diff["member"], "noisy/stamp.py", "{diff}");
+    assert_eq!(
+        diff["member"], "noisy/_c.cpython-311-x86_64-linux-gnu.so",
+        "{diff}"
+    );
+    assert_eq!(diff["section"], ".rodata", "{diff}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("not reproducible: noisy cp311 linux-x64")
-            && stderr.contains("member noisy/stamp.py"),
+            && stderr.contains("member noisy/_c.cpython-311-x86_64-linux-gnu.so, section .rodata"),
         "{stderr}"
     );
     assert_eq!(

@@ -172,18 +172,25 @@ fn zip_difference(a: &[u8], b: &[u8]) -> Difference {
     )
 }
 
-/// The first section (in `a`'s order) whose bytes differ, for two ELF files.
+/// The first section (in `a`'s order) whose bytes differ, for two ELF files. The GNU
+/// build ID is a hash of the rest, so it is named only when nothing else differs.
 fn elf_section(a: &[u8], b: &[u8]) -> Option<String> {
     let (fa, fb) = (object::File::parse(a).ok()?, object::File::parse(b).ok()?);
+    let mut build_id = None;
     for s in fa.sections() {
         let name = s.name().ok()?;
         let other = fb.section_by_name(name);
         let same = other.is_some_and(|o| o.data().ok() == s.data().ok());
-        if !same {
+        if same {
+            continue;
+        }
+        if name == ".note.gnu.build-id" {
+            build_id = Some(name.to_owned());
+        } else {
             return Some(name.to_owned());
         }
     }
-    None
+    build_id
 }
 
 #[cfg(test)]
