@@ -214,6 +214,9 @@ pub fn write_retagged(src: &Path, dir: &Path, platforms: &[String]) -> Result<Pa
         w.write_all(&m.data).map_err(write_err(&to))?;
     }
     let tmp = w.finish().map_err(|e| malformed(e.to_string()))?;
+    // A temporary file is private (0600); a wheel written out is for others to read.
+    let public = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+    std::fs::set_permissions(tmp.path(), public).map_err(write_err(tmp.path()))?;
     tmp.persist(&to).map_err(|e| RetagError::Write {
         path: to.clone(),
         source: e.error,
@@ -321,6 +324,9 @@ mod tests {
         // Sorted by bytes, as build-wheel.sh sorts (`-` before `/`).
         assert_eq!(record, format!("{wheel_row}{init}x-1.dist-info/RECORD,,\n"));
         // The same tags: the very same bytes.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&one).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "readable by all");
         let same = write_retagged(&src, &b, &["linux_aarch64".to_owned()]).unwrap();
         assert_eq!(std::fs::read(&same).unwrap(), std::fs::read(&src).unwrap());
     }
