@@ -282,9 +282,10 @@ fn assert_name_wheel_and_record_agree(wheel: &Path) {
     assert_eq!(listed, names, "{file_name}: RECORD lists every member once");
 }
 
-/// The real wheels: MarkupSafe on all five Linux platforms, cffi (libffi linked in) and
-/// psutil (abi3) on arm64 and ARMv7, all for CPython 3.11, written out by `-o`. Returns
-/// the files and the true tag `wheel-build` reported for each.
+/// The real wheels: MarkupSafe on all five Linux platforms, cffi (libffi linked in) on
+/// arm64 and ARMv7 (built by tests/wheels.rs too), psutil (abi3, two extensions) on arm64,
+/// all for CPython 3.11, written out by `-o`. Returns the files and the true tag
+/// `wheel-build` reported for each.
 fn built_wheels(out: &Path) -> Vec<(PathBuf, String)> {
     let mut v = Vec::new();
     for (spec, platforms) in [
@@ -299,7 +300,7 @@ fn built_wheels(out: &Path) -> Vec<(PathBuf, String)> {
             ][..],
         ),
         ("cffi", &["linux-arm64", "linux-armv7"][..]),
-        ("psutil", &["linux-arm64", "linux-armv7"][..]),
+        ("psutil", &["linux-arm64"][..]),
     ] {
         let mut c = dockerbuild(&shared_store(), &repo());
         c.args(["--json", "wheel-build", "-j", "2", "-o"])
@@ -343,7 +344,7 @@ fn wheels_written_out_carry_their_true_tags_and_a_matching_record() {
     }
     let out = tempfile::tempdir().unwrap();
     let wheels = built_wheels(out.path());
-    assert_eq!(wheels.len(), 9);
+    assert_eq!(wheels.len(), 8);
     for (w, tag) in &wheels {
         let name = WheelName::parse(&w.file_name().unwrap().to_string_lossy()).unwrap();
         assert!(name.platforms.contains(tag), "{}: {tag}", w.display());
