@@ -496,6 +496,29 @@ pub fn examine(path: &Path, promise: Option<&Promise>) -> Result<Examined, TagEr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let universal = promise.is_none() && wheel.ends_with("-any.whl");
+    if universal {
+        // A universal wheel promises no binaries at all.
+        let files = inspect_wheel(path)?;
+        let lie = files.first().map(|f| {
+            TagError::Lie {
+                wheel: wheel.clone(),
+                tag: "any".into(),
+                reason: format!("{} is ELF code for machine {}", f.file, f.machine),
+            }
+            .to_string()
+        });
+        return Ok(Examined {
+            tag: lie.is_none().then(|| "any".to_owned()),
+            lie,
+            wheel,
+            arch: "any".into(),
+            glibc_floor: None,
+            glibc: None,
+            external: Vec::new(),
+            files,
+        });
+    }
     let promise = match promise {
         Some(p) => p.clone(),
         None => Promise::of_file_name(&wheel).ok_or_else(|| TagError::NoPromise {
@@ -640,6 +663,39 @@ mod tests {
         assert!(!linux.manylinux);
         assert_eq!(true_tag("w", &[z], &linux).unwrap(), "linux_x86_64");
         assert!(Promise::of_file_name("x-1-py3-none-any.whl").is_none());
+
+        // A universal wheel: `any` without binaries, a lie with one.
+        let dir = tempfile::tempdir().unwrap();
+        let any = |name: &str, member: &str, data: &[u8]| {
+            let path = dir.path().join(name);
+            let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+            w.start_file(member, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            std::io::Write::write_all(&mut w, data).unwrap();
+            w.finish().unwrap();
+            examine(&path, None).unwrap()
+        };
+        let pure = any("p-1-py3-none-any.whl", "p/__init__.py", b"");
+        assert_eq!(
+            (pure.tag.as_deref(), pure.lie.as_deref()),
+            (Some("any"), None)
+        );
+        // The smallest ELF: a 64-bit little-endian x86-64 header, no sections.
+        let mut elf = vec![0u8; 64];
+        elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        elf[16] = 3; // ET_DYN
+        elf[18] = 62; // EM_X86_64
+        elf[20] = 1; // EV_CURRENT
+        elf[52] = 64; // e_ehsize
+        elf[54] = 56; // e_phentsize
+        elf[58] = 64; // e_shentsize
+        let bad = any("b-1-py3-none-any.whl", "b/m.so", &elf);
+        assert!(bad.tag.is_none(), "{bad:?}");
+        assert!(
+            bad.lie
+                .unwrap()
+                .contains("b/m.so is ELF code for machine 62")
+        );
         // libstdc++'s version raises the glibc: GLIBCXX_3.4.21 first came with 2.24's.
         let mut cxx = facts(elf::EM_X86_64, Some((2, 17)), &["libstdc++.so.6"], None);
         cxx.glibcxx = Some((3, 4, 21));
