@@ -313,13 +313,13 @@ pub fn tag(args: WheelTagArgs, g: &GlobalArgs) -> Result<i32> {
                 let glibc = f.glibc.map(|(a, b)| format!("GLIBC_{a}.{b}"));
                 let cxx = f.glibcxx.map(|(a, b, c)| format!("GLIBCXX_{a}.{b}.{c}"));
                 let arm = f.arm_arch.map(|a| format!("Tag_CPU_arch {a}"));
-                let needs: Vec<String> = [glibc, cxx, arm].into_iter().flatten().collect();
+                let needed = (!f.needed.is_empty()).then(|| f.needed.join(" "));
+                let facts: Vec<String> = [glibc, cxx, arm, needed].into_iter().flatten().collect();
                 output::status(format!(
-                    "  {} (machine {}): {}; needs {}",
+                    "  {} (ELF machine {}): {}",
                     f.file,
                     f.machine,
-                    needs.join(", "),
-                    f.needed.join(" ")
+                    facts.join(", ")
                 ));
             }
         }
