@@ -64,8 +64,9 @@ fn files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, CheckError> {
             source,
         };
         for e in std::fs::read_dir(&d).map_err(read)? {
-            let p = e.map_err(read)?.path();
-            if p.is_dir() {
+            let e = e.map_err(read)?;
+            let p = e.path();
+            if e.file_type().map_err(read)?.is_dir() {
                 todo.push(p);
             } else {
                 let rel = p
@@ -80,11 +81,17 @@ fn files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, CheckError> {
     Ok(out)
 }
 
+/// A file's bytes; a symlink's target (never followed: it may point outside the entry).
 fn read(path: &Path) -> Result<Vec<u8>, CheckError> {
-    std::fs::read(path).map_err(|source| CheckError::Read {
+    let err = |source| CheckError::Read {
         path: path.to_owned(),
         source,
-    })
+    };
+    if std::fs::symlink_metadata(path).map_err(err)?.is_symlink() {
+        let target = std::fs::read_link(path).map_err(err)?;
+        return Ok(target.as_os_str().as_encoded_bytes().to_vec());
+    }
+    std::fs::read(path).map_err(err)
 }
 
 /// The first difference between the stored entry `stored` and a rebuild `rebuilt` (two
