@@ -211,7 +211,7 @@ fn check_names_the_first_difference_and_leaves_the_store_alone() {
 }
 
 /// Two clean builds of one C-extension wheel, each in its own empty store, give the same
-/// bytes. The stores get the toolchain image and Python from a `file://` cache that the
+/// bytes, with no path of the host in them. The stores get the toolchain image and Python from a `file://` cache that the
 /// shared store fills; the wheel itself is built in each (`--rebuild`).
 #[test]
 fn a_c_extension_wheel_from_two_empty_stores_is_byte_identical() {
@@ -244,4 +244,19 @@ fn a_c_extension_wheel_from_two_empty_stores_is_byte_identical() {
     let b = build(&dir.path().join("b"), false);
     assert!(a == b, "two empty stores built different bytes");
     assert!(a == shared, "and the same as the shared store's");
+    // No path of the machine that built it reaches its members (extension included).
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(&a)).unwrap();
+    for i in 0..z.len() {
+        let mut m = z.by_index(i).unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut m, &mut data).unwrap();
+        let text = String::from_utf8_lossy(&data);
+        for path in [
+            dir.path().display().to_string(),
+            shared_store().display().to_string(),
+            "dockerbuild-build-".to_owned(),
+        ] {
+            assert!(!text.contains(&path), "{} holds {path}", m.name().unwrap());
+        }
+    }
 }
