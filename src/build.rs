@@ -162,6 +162,70 @@ pub fn build(
             substituted: None,
         });
     }
+    let ran = run_container(store, engine, project, image, spec, opts, output)?;
+    let new = NewEntry {
+        name: spec.name.clone(),
+        kind: spec.kind,
+        version: spec.version.clone(),
+        origin: Some(origin(&key)),
+        references: spec.inputs.values().copied().collect(),
+        build: Some(BuildRecord {
+            key,
+            platform: spec.platform.clone(),
+            log_tail: ran.log_tail.clone(),
+        }),
+    };
+    let entry = store.add_path(&ran.out(), &new, &crate::progress::Silent)?;
+    // The contents may already exist under another key: index this one too.
+    store.bind_key(&key, &entry.meta.digest)?;
+    Ok(Built {
+        key,
+        entry,
+        cached: false,
+        substituted: None,
+    })
+}
+
+/// The output of a build that was not added to the store (`wheel-build --check`):
+/// removed with this value.
+pub struct Unpublished {
+    pub key: Digest,
+    work: tempfile::TempDir,
+    log_tail: String,
+}
+
+impl Unpublished {
+    /// The build's `/out`.
+    pub fn out(&self) -> PathBuf {
+        self.work.path().join("out")
+    }
+}
+
+/// Runs a build again whatever the store holds, and keeps its output out of the store,
+/// so that it can be compared with the entry its key already names.
+pub fn build_unpublished(
+    store: &LocalStore,
+    engine: &Engine,
+    project: &Project,
+    image: &Image,
+    spec: &BuildSpec,
+    opts: &BuildOptions,
+    output: &mut dyn FnMut(&[u8]),
+) -> Result<Unpublished, BuildError> {
+    run_container(store, engine, project, image, spec, opts, output)
+}
+
+/// Runs the build's container; its output is left in the returned scratch directory.
+fn run_container(
+    store: &LocalStore,
+    engine: &Engine,
+    project: &Project,
+    image: &Image,
+    spec: &BuildSpec,
+    opts: &BuildOptions,
+    output: &mut dyn FnMut(&[u8]),
+) -> Result<Unpublished, BuildError> {
+    let key = key(spec, image);
     let tc = image::toolchain(project, &spec.platform)?;
     image::ensure_loaded(engine, image)?;
     let prepare = |source| BuildError::Prepare {
@@ -253,26 +317,10 @@ pub fn build(
             keep,
         });
     }
-    let new = NewEntry {
-        name: spec.name.clone(),
-        kind: spec.kind,
-        version: spec.version.clone(),
-        origin: Some(origin(&key)),
-        references: spec.inputs.values().copied().collect(),
-        build: Some(BuildRecord {
-            key,
-            platform: spec.platform.clone(),
-            log_tail: last_lines(&run.tail_lossy(), 200),
-        }),
-    };
-    let entry = store.add_path(&out, &new, &crate::progress::Silent)?;
-    // The contents may already exist under another key: index this one too.
-    store.bind_key(&key, &entry.meta.digest)?;
-    Ok(Built {
+    Ok(Unpublished {
         key,
-        entry,
-        cached: false,
-        substituted: None,
+        work,
+        log_tail: last_lines(&run.tail_lossy(), 200),
     })
 }
 

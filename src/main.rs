@@ -72,6 +72,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::WheelBuild(args) => cli::wheel::build(args, g, &store_dir),
         Command::WheelDump(args) => cli::wheel::dump(args, g),
         Command::WheelJson(args) => cli::wheel::json(args, g),
+        Command::WheelTag(args) => cli::wheel::tag(args, g),
         Command::Cipd(cmd) => cli::cipd::run(cmd),
         Command::DockerMirror(args) => cli::docker::mirror(args, g),
     }

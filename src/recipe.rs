@@ -386,22 +386,8 @@ impl Builder<'_> {
                 substituted: None,
             });
         }
-        let img = image::generate(
-            self.store,
-            self.fetcher,
-            self.project,
-            self.lock,
-            &spec.platform,
-            self.caches,
-            self.progress,
-        )?;
+        let img = self.prepare(spec)?;
         debug_assert_eq!(build::key(spec, &img), key);
-        self.fetch_inputs(spec)?;
-        if self.engine.get().is_none() {
-            let _ = self
-                .engine
-                .set(Engine::connect().map_err(BuildError::from)?);
-        }
         let engine = self.engine.get().expect("just set");
         (self.on_start)(&spec.name);
         let built = build::build(
@@ -415,6 +401,43 @@ impl Builder<'_> {
         )?;
         self.caches.offer(self.store, &key, &built.entry)?;
         Ok(built)
+    }
+
+    /// The image, the inputs and the Docker connection a build needs.
+    fn prepare(&mut self, spec: &BuildSpec) -> Result<image::Image> {
+        let img = image::generate(
+            self.store,
+            self.fetcher,
+            self.project,
+            self.lock,
+            &spec.platform,
+            self.caches,
+            self.progress,
+        )?;
+        self.fetch_inputs(spec)?;
+        if self.engine.get().is_none() {
+            let _ = self
+                .engine
+                .set(Engine::connect().map_err(BuildError::from)?);
+        }
+        Ok(img)
+    }
+
+    /// Runs `spec` again, whatever the store or a cache holds, without adding its output
+    /// to the store (`wheel-build --check`).
+    pub fn rebuild_unpublished(&mut self, spec: &BuildSpec) -> Result<build::Unpublished> {
+        let img = self.prepare(spec)?;
+        let engine = self.engine.get().expect("just set");
+        (self.on_start)(&spec.name);
+        Ok(build::build_unpublished(
+            self.store,
+            engine,
+            self.project,
+            &img,
+            spec,
+            &self.options,
+            self.on_output,
+        )?)
     }
 
     /// Builds recipe `name` (on `platform` when it takes one) and what it depends on.

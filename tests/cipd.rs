@@ -1088,6 +1088,7 @@ fn wheel_build_results_are_published_under_vpython_names() {
                 .into_iter()
                 .collect(),
             tags: Vec::new(),
+            check: None,
             wanted: true,
         };
     let mut dependency = result("six", "any", None, Some("six-1.16.0-py3-none-any.whl"));

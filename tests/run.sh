@@ -11,6 +11,10 @@ need_apt=()
 command -v b3sum >/dev/null || need_apt+=(b3sum)
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
+# tests/wheel_tags.rs: fixtures compiled by the host, auditwheel in a venv.
+command -v gcc >/dev/null || need_apt+=(gcc)
+command -v g++ >/dev/null || need_apt+=(g++)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "installing ${need_apt[*]} from Debian"

@@ -139,6 +139,9 @@ pub enum Command {
     /// reported at the end while the others finish. What the store or a binary cache has
     /// is not built again. Prints the wheel files (or JSON with --json).
     WheelBuild(wheel::WheelBuildArgs),
+    /// Print the platform tag each wheel's binaries allow (glibc symbol versions,
+    /// DT_NEEDED, ELF machine, ARM Tag_CPU_arch); exit 1 when a wheel's tag would lie
+    WheelTag(wheel::WheelTagArgs),
     /// Write wheels/wheels.md, the catalogue of every wheel the specs make
     WheelDump(wheel::WheelDumpArgs),
     /// Print every (wheel, platform, Python) of the matrix as JSON, for CI

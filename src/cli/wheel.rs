@@ -11,9 +11,9 @@ use dockerbuild::build::BuildOptions;
 use dockerbuild::cache::cipd::wheels::{Outcome, Published};
 use dockerbuild::project::RECIPES;
 use dockerbuild::recipe;
-use dockerbuild::wheel::publish;
 use dockerbuild::wheel::run::{self, Event, Plan};
 use dockerbuild::wheel::{CATALOGUE_FILE, Catalogue, Filter, WHEELS, catalogue};
+use dockerbuild::wheel::{publish, retag, tags};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
@@ -57,12 +57,29 @@ pub struct WheelBuildArgs {
     /// still looked up)
     #[arg(long)]
     pub rebuild: bool,
-    /// Copy the wheels out to DIR under their PEP 427 names
+    /// Build each selected source wheel once more (outside the store, which is left as
+    /// it is) and compare it byte for byte with the store's; name the first differing
+    /// file, zip member and ELF section, and exit 1 if any differs (like Nix's --check)
+    #[arg(long)]
+    pub check: bool,
+    /// Copy the wheels out to DIR under their PEP 427 names, with their true tags (a
+    /// manylinux tag added where the policy holds; WHEEL and RECORD rewritten to agree)
     #[arg(long, short = 'o', value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// When a build fails, keep its scratch directory and say where
     #[arg(long)]
     pub keep_failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WheelTagArgs {
+    /// Wheel files to inspect
+    #[arg(required = true, value_name = "FILE.whl")]
+    pub wheels: Vec<PathBuf>,
+    /// Judge them against this platform's promise (its first wheel tag and glibc floor)
+    /// instead of the tag in each file name
+    #[arg(long, short = 'p', value_name = "P")]
+    pub platform: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +202,7 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
             rebuild: false,
         },
         rebuild: args.rebuild,
+        check: args.check,
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -202,13 +220,7 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the output directory `{}`", dir.display()))?;
         for r in &wanted {
-            for w in &r.wheels {
-                let to = dir.join(w.file_name().expect("a file"));
-                // Replace, never write through: an earlier copy may be read-only.
-                let _ = std::fs::remove_file(&to);
-                std::fs::copy(w, &to)
-                    .with_context(|| format!("cannot copy {} to {}", w.display(), to.display()))?;
-            }
+            retag::copy_out(r, dir)?;
         }
     }
     let built = results
@@ -237,6 +249,22 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
             }
         }
     }
+    let mut differing = 0;
+    for r in &wanted {
+        match &r.check {
+            Some(c) if !c.reproducible => {
+                differing += 1;
+                let d = c
+                    .first_difference
+                    .as_ref()
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                eprintln!("not reproducible: {}: first difference: {d}", r.label);
+            }
+            Some(_) => output::status(format!("reproducible: {}", r.label)),
+            None => {}
+        }
+    }
     if !failures.is_empty() {
         eprintln!("failed:");
         for f in &failures {
@@ -249,10 +277,58 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
             eprintln!("  {e}");
         }
     }
-    if !failures.is_empty() || !publish_errors.is_empty() {
+    if !failures.is_empty() || !publish_errors.is_empty() || differing > 0 {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// `wheel-tag`: what each wheel's binaries need and the tag that follows; exit 1 when a
+/// wheel's tag (or the platform's promise) would lie.
+pub fn tag(args: WheelTagArgs, g: &GlobalArgs) -> Result<i32> {
+    let promise = match &args.platform {
+        Some(p) => {
+            let project = dockerbuild::project::Project::discover(g.project.as_deref())?;
+            let catalogue = Catalogue::load(&project)?;
+            Some(catalogue.promise(&project, p).with_context(|| {
+                format!("platform `{p}` is not a linux platform of this project")
+            })?)
+        }
+        None => None,
+    };
+    let mut all = Vec::new();
+    for w in &args.wheels {
+        all.push(tags::examine(w, promise.as_ref())?);
+    }
+    if g.json {
+        output::json(&all)?;
+    } else {
+        for e in &all {
+            match (&e.tag, &e.lie) {
+                (Some(t), _) => println!("{}\t{t}", e.wheel),
+                (None, Some(lie)) => println!("{}\tLIE: {lie}", e.wheel),
+                (None, None) => {}
+            }
+            for f in &e.files {
+                let glibc = f.glibc.map(|(a, b)| format!("GLIBC_{a}.{b}"));
+                let cxx = f.glibcxx.map(|(a, b, c)| format!("GLIBCXX_{a}.{b}.{c}"));
+                let arm = f.arm_arch.map(|a| format!("Tag_CPU_arch {a}"));
+                let needed = (!f.needed.is_empty()).then(|| f.needed.join(" "));
+                let facts: Vec<String> = [glibc, cxx, arm, needed].into_iter().flatten().collect();
+                output::status(format!(
+                    "  {} (ELF machine {}): {}",
+                    f.file,
+                    f.machine,
+                    facts.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(if all.iter().any(|e| e.lie.is_some()) {
+        1
+    } else {
+        0
+    })
 }
 
 pub fn dump(args: WheelDumpArgs, g: &GlobalArgs) -> Result<i32> {

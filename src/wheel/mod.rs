@@ -1,12 +1,15 @@
 //! Python wheels: typed specs (`wheels/*.toml`), the platforms they are built for, the
 //! (spec, platform, Python) matrix, the `wheels.md` catalogue, and building the matrix
-//! hermetically ([`run`]).
+//! hermetically ([`run`]); the tag a wheel's binaries allow ([`tags`]), writing wheels
+//! out under it ([`retag`]), and comparing a rebuild with the store's wheel ([`check`]).
 //!
 //! Linux platforms are toolchains (`toolchains/*.toml`); mac and windows are download-only
 //! platforms (`wheels/platforms.toml`) served by prebuilt wheels.
 
 pub mod catalogue;
+pub mod check;
 pub mod publish;
+pub mod retag;
 pub mod run;
 pub mod spec;
 pub mod tags;
@@ -195,6 +198,19 @@ impl Catalogue {
 
     pub fn platform(&self, name: &str) -> Option<&Platform> {
         self.platforms.iter().find(|p| p.name == name)
+    }
+
+    /// What a platform promises about its wheels: its first wheel tag, and the glibc
+    /// its toolchain's zig target pins (`ZIG_TARGET`), if any. `None` for a platform
+    /// without a linux or manylinux tag.
+    pub fn promise(&self, project: &Project, platform: &str) -> Option<tags::Promise> {
+        let pf = self.platform(platform)?;
+        let zig = project
+            .toolchains
+            .iter()
+            .find(|tc| tc.name == platform)
+            .and_then(|tc| tc.env.get("ZIG_TARGET"));
+        tags::Promise::of(&pf.wheel_tags, zig.map(|z| z.as_str()))
     }
 
     /// Every wheel the specs make, optionally narrowed, in spec order.

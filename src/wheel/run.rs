@@ -118,6 +118,9 @@ pub struct JobResult {
     /// binaries need ([`super::tags`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// With `--check`: whether building it again gave the same bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<super::check::Checked>,
     pub wanted: bool,
 }
 
@@ -381,6 +384,8 @@ pub struct Context<'a> {
     pub options: BuildOptions,
     /// Build wanted wheels again even when the store has them (`--rebuild`).
     pub rebuild: bool,
+    /// Build wanted source wheels once more, outside the store, and compare (`--check`).
+    pub check: bool,
     /// Parallel jobs.
     pub jobs: usize,
     pub progress: &'a (dyn Fn(&str) -> Box<dyn Progress> + Sync),
@@ -529,6 +534,7 @@ fn empty_result(job: &Job, status: Status) -> JobResult {
         path: None,
         wheels: Vec::new(),
         tags: Vec::new(),
+        check: None,
         wanted: job.wanted,
     }
 }
@@ -580,6 +586,14 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
                         builder.options.rebuild = true;
                     }
                     let built = builder.run(&spec)?;
+                    if cx.check && job.wanted {
+                        let again = builder.rebuild_unpublished(&spec)?;
+                        let diff = super::check::first_difference(&built.entry.path, &again.out())?;
+                        result.check = Some(super::check::Checked {
+                            reproducible: diff.is_none(),
+                            first_difference: diff,
+                        });
+                    }
                     let status = status_of(&built);
                     (status, built.key, built.entry)
                 }
@@ -603,14 +617,9 @@ fn run_job(cx: &Context, i: usize, job: &Job, deps: &[JobResult]) -> Result<JobR
 /// The truthful tag of each built wheel; an error when its binaries break what the
 /// platform promises (ARMv7 code in an ARMv6 wheel, a glibc newer than the floor).
 fn true_tags(cx: &Context, platform: &str, wheels: &[PathBuf]) -> Result<Vec<String>, BoxError> {
-    let pf = cx.catalogue.platform(platform).ok_or("unknown platform")?;
-    let zig = cx
-        .project
-        .toolchains
-        .iter()
-        .find(|tc| tc.name == platform)
-        .and_then(|tc| tc.env.get("ZIG_TARGET"));
-    let promise = super::tags::Promise::of(&pf.wheel_tags, zig.map(|z| z.as_str()))
+    let promise = cx
+        .catalogue
+        .promise(cx.project, platform)
         .ok_or_else(|| format!("platform `{platform}` has no linux or manylinux wheel tag"))?;
     let mut tags = Vec::new();
     for w in wheels {

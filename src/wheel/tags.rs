@@ -26,6 +26,8 @@ pub enum TagError {
     },
     #[error("{file}: not an ELF file this tool can read: {reason}")]
     Elf { file: String, reason: String },
+    #[error("wheel `{}`: its file name has no linux or manylinux platform tag to judge it by\nhint: name the platform it is for with --platform", path.display())]
+    NoPromise { path: std::path::PathBuf },
     #[error("wheel `{wheel}` would lie with tag `{tag}`: {reason}")]
     Lie {
         wheel: String,
@@ -267,6 +269,9 @@ pub struct Promise {
     pub arch: String,
     /// The oldest glibc the platform's wheels must run on, if it promises one.
     pub glibc_floor: Option<(u32, u32)>,
+    /// Its first tag is a manylinux tag, which also promises that only the policy's
+    /// libraries are left to the system.
+    pub manylinux: bool,
 }
 
 impl Promise {
@@ -290,9 +295,37 @@ impl Promise {
         }
         Some(Promise {
             arch,
+            manylinux: first.starts_with("manylinux_"),
             glibc_floor: floor,
         })
     }
+
+    /// What a wheel's own file name promises (its first platform tag), for a wheel that
+    /// comes without a platform: `x-1-cp311-cp311-manylinux_2_17_x86_64.whl` promises
+    /// glibc 2.17 and the policy's libraries. The legacy aliases (`manylinux2014_x86_64`)
+    /// are read as the PEP 600 tags they stand for.
+    pub fn of_file_name(name: &str) -> Option<Promise> {
+        let stem = name.strip_suffix(".whl")?;
+        let platforms = stem.rsplit('-').next()?;
+        let first = platforms.split('.').next()?;
+        let tag = pep600_alias(first).unwrap_or_else(|| first.to_owned());
+        Promise::of(&[tag], None)
+    }
+}
+
+/// The PEP 600 tag a legacy manylinux tag stands for (`manylinux2014_x86_64` is
+/// `manylinux_2_17_x86_64`).
+pub fn pep600_alias(tag: &str) -> Option<String> {
+    for (old, glibc) in [
+        ("manylinux1_", "2_5"),
+        ("manylinux2010_", "2_12"),
+        ("manylinux2014_", "2_17"),
+    ] {
+        if let Some(arch) = tag.strip_prefix(old) {
+            return Some(format!("manylinux_{glibc}_{arch}"));
+        }
+    }
+    None
 }
 
 /// The machine (`e_machine`) of an architecture tag.
@@ -308,6 +341,65 @@ pub fn machine_of(arch: &str) -> Option<u16> {
         "s390x" => elf::EM_S390,
         _ => return None,
     })
+}
+
+/// The libraries in the binaries' `DT_NEEDED` that no manylinux policy lets a wheel
+/// leave to the system (the dynamic loader and libpython are the interpreter's).
+pub fn external_libraries(facts: &[ElfFacts]) -> Vec<&str> {
+    let mut v: Vec<&str> = facts
+        .iter()
+        .flat_map(|f| f.needed.iter())
+        .map(|s| s.as_str())
+        .filter(|n| {
+            !MANYLINUX_ALLOWED.contains(n)
+                && !n.starts_with("ld-linux")
+                && !n.starts_with("libpython")
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// For each manylinux glibc from which libstdc++ grew, the newest `GLIBCXX_3.4.N` its
+/// reference distribution provides: CentOS 7 (2.17, GCC 4.8), Debian 9 (2.24, GCC 6),
+/// then the GCC 7, 9, 11, 12 and 13 eras. A wheel needing `GLIBCXX_3.4.21` runs only
+/// from manylinux_2_24 on, whatever its `GLIBC_` versions say.
+const LIBSTDCXX: &[(u32, u32)] = &[
+    (17, 19),
+    (24, 22),
+    (26, 24),
+    (31, 28),
+    (34, 29),
+    (35, 30),
+    (39, 33),
+];
+
+/// The oldest manylinux glibc whose libstdc++ provides `GLIBCXX_` version `v`; `None`
+/// past the table.
+fn glibc_for_glibcxx(v: (u32, u32, u32)) -> Option<(u32, u32)> {
+    if (v.0, v.1) != (3, 4) {
+        return None;
+    }
+    LIBSTDCXX
+        .iter()
+        .find(|&&(_, n)| v.2 <= n)
+        .map(|&(g, _)| (2, g))
+}
+
+/// The glibc of the manylinux tag the binaries allow: their highest `GLIBC_` version, or
+/// the glibc whose libstdc++ their `GLIBCXX_` versions need if that is newer, never below
+/// 2.17 (manylinux2014, the oldest policy every architecture here has). `None` when they
+/// need a libstdc++ newer than any policy's.
+pub fn manylinux_glibc(facts: &[ElfFacts]) -> Option<(u32, u32)> {
+    let mut g = (2, 17);
+    for f in facts {
+        g = g.max(f.glibc.unwrap_or_default());
+        if let Some(v) = f.glibcxx {
+            g = g.max(glibc_for_glibcxx(v)?);
+        }
+    }
+    Some(g)
 }
 
 /// The truthful platform tag of a wheel whose binaries are `facts`, made for a platform
@@ -342,30 +434,117 @@ pub fn true_tag(wheel: &str, facts: &[ElfFacts], promise: &Promise) -> Result<St
             )));
         }
     }
-    let external: Vec<&str> = facts
-        .iter()
-        .flat_map(|f| f.needed.iter())
-        .map(|s| s.as_str())
-        .filter(|n| {
-            !MANYLINUX_ALLOWED.contains(n)
-                && !n.starts_with("ld-linux")
-                && !n.starts_with("libpython")
-        })
-        .collect();
-    let glibc = facts
-        .iter()
-        .filter_map(|f| f.glibc)
-        .max()
-        .unwrap_or((2, 17))
-        .max((2, 17));
-    if external.is_empty() && MANYLINUX_ARCHES.contains(&promise.arch.as_str()) {
-        Ok(format!(
-            "manylinux_{}_{}_{}",
-            glibc.0, glibc.1, promise.arch
-        ))
-    } else {
-        Ok(format!("linux_{}", promise.arch))
+    let external = external_libraries(facts);
+    if promise.manylinux && !external.is_empty() {
+        return Err(TagError::Lie {
+            wheel: wheel.to_owned(),
+            tag: format!("manylinux_*_{}", promise.arch),
+            reason: format!(
+                "it needs {} from the system, outside the manylinux policy",
+                external.join(", ")
+            ),
+        });
     }
+    let glibc = manylinux_glibc(facts);
+    if promise.manylinux
+        && let Some(floor) = promise.glibc_floor
+    {
+        let too_new = |v: (u32, u32, u32)| glibc_for_glibcxx(v).is_none_or(|g| g > floor);
+        if let Some(f) = facts.iter().find(|f| f.glibcxx.is_some_and(too_new)) {
+            let v = f.glibcxx.unwrap_or_default();
+            return Err(lie(format!(
+                "{} needs GLIBCXX_{}.{}.{}, a libstdc++ newer than glibc {}.{} systems have",
+                f.file, v.0, v.1, v.2, floor.0, floor.1
+            )));
+        }
+    }
+    match glibc {
+        Some(g) if external.is_empty() && MANYLINUX_ARCHES.contains(&promise.arch.as_str()) => {
+            Ok(format!("manylinux_{}_{}_{}", g.0, g.1, promise.arch))
+        }
+        _ => Ok(format!("linux_{}", promise.arch)),
+    }
+}
+
+/// What `dockerbuild wheel-tag` reports about one wheel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Examined {
+    pub wheel: String,
+    /// The architecture and glibc floor the wheel was judged against.
+    pub arch: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub glibc_floor: Option<String>,
+    /// The truthful platform tag; `None` when the promise is a lie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Why the promise is a lie, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lie: Option<String>,
+    /// The glibc of the manylinux tag the binaries allow (see [`manylinux_glibc`]),
+    /// also for architectures without manylinux tags; `None` past every policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub glibc: Option<String>,
+    /// Libraries needed from the system outside the manylinux policy.
+    pub external: Vec<String>,
+    pub files: Vec<ElfFacts>,
+}
+
+/// Inspects a wheel and judges it against `promise`, or, without one, against what its
+/// own file name promises.
+pub fn examine(path: &Path, promise: Option<&Promise>) -> Result<Examined, TagError> {
+    let wheel = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let universal = promise.is_none() && wheel.ends_with("-any.whl");
+    if universal {
+        // A universal wheel promises no binaries at all.
+        let files = inspect_wheel(path)?;
+        let lie = files.first().map(|f| {
+            TagError::Lie {
+                wheel: wheel.clone(),
+                tag: "any".into(),
+                reason: format!("{} is ELF code for machine {}", f.file, f.machine),
+            }
+            .to_string()
+        });
+        return Ok(Examined {
+            tag: lie.is_none().then(|| "any".to_owned()),
+            lie,
+            wheel,
+            arch: "any".into(),
+            glibc_floor: None,
+            glibc: None,
+            external: Vec::new(),
+            files,
+        });
+    }
+    let promise = match promise {
+        Some(p) => p.clone(),
+        None => Promise::of_file_name(&wheel).ok_or_else(|| TagError::NoPromise {
+            path: path.to_owned(),
+        })?,
+    };
+    let files = inspect_wheel(path)?;
+    let (tag, lie) = match true_tag(&wheel, &files, &promise) {
+        Ok(t) => (Some(t), None),
+        Err(e @ TagError::Lie { .. }) => (None, Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let glibc = manylinux_glibc(&files).map(|(a, b)| format!("{a}.{b}"));
+    Ok(Examined {
+        wheel,
+        arch: promise.arch.clone(),
+        glibc_floor: promise.glibc_floor.map(|(a, b)| format!("{a}.{b}")),
+        tag,
+        lie,
+        glibc,
+        external: external_libraries(&files)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        files,
+    })
 }
 
 #[cfg(test)]
@@ -460,6 +639,80 @@ mod tests {
         let wrong = facts(elf::EM_AARCH64, None, &[], None);
         let e = true_tag("w", &[wrong], &ml).unwrap_err().to_string();
         assert!(e.contains("machine"), "{e}");
+    }
+
+    #[test]
+    fn a_manylinux_name_promises_the_policy_libraries_and_its_glibc() {
+        let p =
+            Promise::of_file_name("x-1-cp311-cp311-manylinux2014_x86_64.linux_x86_64.whl").unwrap();
+        assert_eq!(
+            (p.arch.as_str(), p.glibc_floor, p.manylinux),
+            ("x86_64", Some((2, 17)), true)
+        );
+        let z = facts(
+            elf::EM_X86_64,
+            Some((2, 17)),
+            &["libz.so.1", "libc.so.6"],
+            None,
+        );
+        let e = true_tag("w", std::slice::from_ref(&z), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("libz.so.1") && e.contains("manylinux"), "{e}");
+        let linux = Promise::of_file_name("x-1-cp311-cp311-linux_x86_64.whl").unwrap();
+        assert!(!linux.manylinux);
+        assert_eq!(true_tag("w", &[z], &linux).unwrap(), "linux_x86_64");
+        assert!(Promise::of_file_name("x-1-py3-none-any.whl").is_none());
+
+        // A universal wheel: `any` without binaries, a lie with one.
+        let dir = tempfile::tempdir().unwrap();
+        let any = |name: &str, member: &str, data: &[u8]| {
+            let path = dir.path().join(name);
+            let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+            w.start_file(member, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            std::io::Write::write_all(&mut w, data).unwrap();
+            w.finish().unwrap();
+            examine(&path, None).unwrap()
+        };
+        let pure = any("p-1-py3-none-any.whl", "p/__init__.py", b"");
+        assert_eq!(
+            (pure.tag.as_deref(), pure.lie.as_deref()),
+            (Some("any"), None)
+        );
+        // The smallest ELF: a 64-bit little-endian x86-64 header, no sections.
+        let mut elf = vec![0u8; 64];
+        elf[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        elf[16] = 3; // ET_DYN
+        elf[18] = 62; // EM_X86_64
+        elf[20] = 1; // EV_CURRENT
+        elf[52] = 64; // e_ehsize
+        elf[54] = 56; // e_phentsize
+        elf[58] = 64; // e_shentsize
+        let bad = any("b-1-py3-none-any.whl", "b/m.so", &elf);
+        assert!(bad.tag.is_none(), "{bad:?}");
+        assert!(
+            bad.lie
+                .unwrap()
+                .contains("b/m.so is ELF code for machine 62")
+        );
+        // libstdc++'s version raises the glibc: GLIBCXX_3.4.21 first came with 2.24's.
+        let mut cxx = facts(elf::EM_X86_64, Some((2, 17)), &["libstdc++.so.6"], None);
+        cxx.glibcxx = Some((3, 4, 21));
+        assert_eq!(
+            true_tag("w", std::slice::from_ref(&cxx), &linux).unwrap(),
+            "manylinux_2_24_x86_64"
+        );
+        let e = true_tag("w", std::slice::from_ref(&cxx), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GLIBCXX_3.4.21"), "{e}");
+        cxx.glibcxx = Some((3, 4, 40));
+        assert_eq!(
+            true_tag("w", &[cxx], &linux).unwrap(),
+            "linux_x86_64",
+            "past every policy"
+        );
     }
 
     #[test]

@@ -1,0 +1,262 @@
+//! Reproducible wheels: `wheel-build --check` on a temporary project with two tiny
+//! C-extension sdists made here, one reproducible and one whose `setup.py` writes random
+//! bytes into a module; and one C-extension wheel built in two empty stores (their
+//! toolchain image and Python substituted from a `file://` cache) is byte-identical.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::images::{ready, repo, shared_store};
+use serde_json::Value;
+
+const C_SOURCE: &str = r#"#include <Python.h>
+#include "stamp.h"
+static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(42); }
+static PyObject *stamp(PyObject *self, PyObject *args) { return PyUnicode_FromString(STAMP); }
+static PyMethodDef methods[] = {
+    {"answer", answer, METH_NOARGS, NULL}, {"stamp", stamp, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_c", NULL, -1, methods};
+PyMODINIT_FUNC PyInit__c(void) { return PyModule_Create(&module); }
+"#;
+
+/// An sdist `NAME-1.0.tar.gz` with one C extension `NAME._c`; `noisy` makes its setup.py
+/// write random bytes into `stamp.h` (a string in the extension) and `NAME/stamp.py`.
+/// Fixed times and owners: the same bytes each run, so the same pin and build key.
+fn sdist(dir: &Path, name: &str, noisy: bool) -> PathBuf {
+    let stamp = if noisy {
+        "import os\nSTAMP = os.urandom(8).hex()\n\
+         with open(os.path.join(NAME, 'stamp.py'), 'w') as f:\n    f.write('STAMP = %r\\n' % STAMP)\n\
+         with open('stamp.h', 'w') as f:\n    f.write('#define STAMP \"%s\"\\n' % STAMP)\n"
+    } else {
+        ""
+    };
+    let setup = format!(
+        "from setuptools import setup, Extension\nNAME = {name:?}\n{stamp}\
+         setup(name=NAME, version='1.0', packages=[NAME],\n      \
+         ext_modules=[Extension(NAME + '._c', ['c.c'])])\n"
+    );
+    let files = [
+        ("setup.py", setup),
+        ("c.c", C_SOURCE.to_owned()),
+        ("stamp.h", "#define STAMP \"0000000000000000\"\n".to_owned()),
+        (&format!("{name}/__init__.py") as &str, String::new()),
+        (
+            &format!("{name}/stamp.py") as &str,
+            "STAMP = ''\n".to_owned(),
+        ),
+    ];
+    let path = dir.join(format!("{name}-1.0.tar.gz"));
+    let gz = flate2::GzBuilder::new().mtime(0).write(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::default(),
+    );
+    let mut t = tar::Builder::new(gz);
+    for (f, text) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        t.append_data(&mut h, format!("{name}-1.0/{f}"), text.as_bytes())
+            .unwrap();
+    }
+    t.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    path
+}
+
+/// A project with the repository's toolchains, recipes, lockfile and build script, and
+/// only the `quiet` and `noisy` wheel specs (CPython 3.11 on linux-x64), locked.
+fn project(dir: &Path) -> PathBuf {
+    let root = dir.join("project");
+    for d in ["toolchains", "recipes", "lockfiles"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        for f in std::fs::read_dir(repo().join(d)).unwrap().flatten() {
+            std::fs::copy(f.path(), root.join(d).join(f.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("wheels")).unwrap();
+    std::fs::copy(
+        repo().join("wheels/build-wheel.sh"),
+        root.join("wheels/build-wheel.sh"),
+    )
+    .unwrap();
+    let mut sources = std::fs::read_to_string(repo().join("sources.toml")).unwrap();
+    for (name, noisy) in [("quiet", false), ("noisy", true)] {
+        let s = sdist(dir, name, noisy);
+        sources.push_str(&format!(
+            "\n[[source]]\nname = \"{name}\"\nversion = \"1.0\"\nurls = [\"file://{}\"]\n",
+            s.display()
+        ));
+        std::fs::write(
+            root.join(format!("wheels/{name}.toml")),
+            format!(
+                "name = \"{name}\"\nversion = \"1.0\"\nkind = \"source\"\nsdist = \"{name}\"\n\
+                 python = [\"3.11\"]\nplatforms = [\"linux-x64\"]\n\
+                 host = [\"source:setuptools\", \"source:wheel\"]\n\
+                 extensions = [\"{name}._c\"]\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(root.join("sources.toml"), sources).unwrap();
+    let out = cmd(&shared_store(), &root).arg("lock").output().unwrap();
+    common::assert_success(&out, &"lock the fixtures");
+    root
+}
+
+fn cmd(store: &Path, project: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dockerbuild"));
+    c.arg("--project")
+        .arg(project)
+        .arg("--store")
+        .arg(store)
+        .arg("-q")
+        .env("DOCKERBUILD_CONFIG", store.with_extension("config.toml"))
+        .env("XDG_CACHE_HOME", store.with_extension("xdg-cache"))
+        .env_remove("DOCKERBUILD_CACHES");
+    c
+}
+
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "wheel-build JSON: {e}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn wheel_of<'a>(report: &'a Value, spec: &str) -> &'a Value {
+    report["wheels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["spec"] == spec)
+        .unwrap_or_else(|| panic!("no {spec} in {report}"))
+}
+
+/// `--check` passes the reproducible wheel, and for the other names the first differing
+/// member (the extension, which sorts before the stamped module) and its section (the
+/// string's `.rodata`, not the build ID derived from it) and exits 1; the store's entry
+/// stays as it was.
+#[test]
+fn check_names_the_first_difference_and_leaves_the_store_alone() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = project(dir.path());
+    let args = [
+        "-w",
+        "quiet",
+        "-w",
+        "noisy",
+        "-p",
+        "linux-x64",
+        "--python",
+        "3.11",
+    ];
+    let first = cmd(&shared_store(), &root)
+        .args(["--locked", "--json", "wheel-build", "-j", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    common::assert_success(&first, &"wheel-build quiet noisy");
+    let first = report(&first);
+    let stored = PathBuf::from(wheel_of(&first, "noisy")["wheels"][0].as_str().unwrap());
+    let before = std::fs::read(&stored).unwrap();
+
+    let out = cmd(&shared_store(), &root)
+        .args(["--locked", "--json", "wheel-build", "--check", "-j", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a difference fails --check");
+    let v = report(&out);
+    assert_eq!(wheel_of(&v, "quiet")["check"]["reproducible"], true, "{v}");
+    let noisy = &wheel_of(&v, "noisy")["check"];
+    assert_eq!(noisy["reproducible"], false, "{v}");
+    let diff = &noisy["first_difference"];
+    assert!(
+        diff["file"]
+            .as_str()
+            .unwrap()
+            .starts_with("noisy-1.0-cp311-cp311-"),
+        "{diff}"
+    );
+    assert_eq!(
+        diff["member"], "noisy/_c.cpython-311-x86_64-linux-gnu.so",
+        "{diff}"
+    );
+    assert_eq!(diff["section"], ".rodata", "{diff}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not reproducible: noisy cp311 linux-x64")
+            && stderr.contains("member noisy/_c.cpython-311-x86_64-linux-gnu.so, section .rodata"),
+        "{stderr}"
+    );
+    assert_eq!(
+        wheel_of(&v, "noisy")["wheels"][0],
+        wheel_of(&first, "noisy")["wheels"][0],
+        "the same entry"
+    );
+    assert!(
+        std::fs::read(&stored).unwrap() == before,
+        "the entry's bytes are unchanged"
+    );
+}
+
+/// Two clean builds of one C-extension wheel, each in its own empty store, give the same
+/// bytes, with no path of the host in them. The stores get the toolchain image and Python from a `file://` cache that the
+/// shared store fills; the wheel itself is built in each (`--rebuild`).
+#[test]
+fn a_c_extension_wheel_from_two_empty_stores_is_byte_identical() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = project(dir.path());
+    let cache = format!("file://{}", dir.path().join("cache").display());
+    let args = ["-w", "quiet", "-p", "linux-x64", "--python", "3.11"];
+    let build = |store: &Path, upload: bool| {
+        let mut c = cmd(store, &root);
+        c.args(["--locked", "--json", "--cache", &cache]);
+        if upload {
+            c.arg("--upload");
+        }
+        let out = c
+            .args(["wheel-build", "--rebuild"])
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out, &format!("wheel-build in {}", store.display()));
+        let v = report(&out);
+        let w = wheel_of(&v, "quiet");
+        assert_eq!(w["status"], "built", "{v}");
+        std::fs::read(w["wheels"][0].as_str().unwrap()).unwrap()
+    };
+    let shared = build(&shared_store(), true);
+    let a = build(&dir.path().join("a"), false);
+    let b = build(&dir.path().join("b"), false);
+    assert!(a == b, "two empty stores built different bytes");
+    assert!(a == shared, "and the same as the shared store's");
+    // No path of the machine that built it reaches its members (extension included).
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(&a)).unwrap();
+    for i in 0..z.len() {
+        let mut m = z.by_index(i).unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut m, &mut data).unwrap();
+        let text = String::from_utf8_lossy(&data);
+        for path in [
+            dir.path().display().to_string(),
+            shared_store().display().to_string(),
+            "dockerbuild-build-".to_owned(),
+        ] {
+            assert!(!text.contains(&path), "{} holds {path}", m.name().unwrap());
+        }
+    }
+}
