@@ -49,6 +49,7 @@ pub fn build_rootfs(
     out_tar: &Path,
     epoch: u64,
 ) -> Result<()> {
+    let d = tc.debian()?;
     if !rustix::process::geteuid().is_root() {
         return Err(ToolchainError::NotRoot);
     }
@@ -63,8 +64,8 @@ pub fn build_rootfs(
     let repo = tmp.path().join("repo");
     deb::write_repo(
         &repo,
-        &tc.debian.suite,
-        &tc.debian.architectures,
+        &d.suite,
+        &d.architectures,
         debs,
         epoch,
     )?;
@@ -101,7 +102,7 @@ pub fn build_rootfs(
     let mirror = format!(
         "deb [trusted=yes] copy://{} {} main",
         repo.display(),
-        tc.debian.suite
+        d.suite
     );
     let mut cmd = Command::new("mmdebstrap");
     cmd.env_clear()
@@ -120,13 +121,13 @@ pub fn build_rootfs(
         .arg("--format=tar")
         .arg(format!(
             "--architectures={}",
-            tc.debian.architectures.join(",")
+            d.architectures.join(",")
         ))
         .arg(format!("--include={}", include.join(",")))
         .args(DPKG_OPTIONS.iter().map(|o| format!("--dpkgopt={o}")))
         .arg(format!("--hook-dir={MERGED_USR_HOOK}"))
         .arg(format!("--customize-hook={hook}"))
-        .arg(&tc.debian.suite)
+        .arg(&d.suite)
         .arg(&partial)
         .arg(&mirror)
         .stdin(Stdio::null())
