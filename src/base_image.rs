@@ -277,6 +277,17 @@ fn mirror_location(to: &str) -> Result<(String, String)> {
     Ok((host.to_owned(), prefix.to_owned()))
 }
 
+/// Where [`mirror_locked`] puts a pinned image: `HOST[:PORT]/PREFIX/REPO@sha256:...`.
+pub fn mirror_reference(locked: &LockedBaseImage, to: &str) -> Result<String> {
+    let up = upstream(&locked.toolchain, &locked.image)?;
+    let (host, prefix) = mirror_location(to)?;
+    Ok(if prefix.is_empty() {
+        format!("{host}/{}@{}", up.repo, locked.digest)
+    } else {
+        format!("{host}/{prefix}/{}@{}", up.repo, locked.digest)
+    })
+}
+
 /// Copies a pinned image (its top manifest, so every platform) to `to`
 /// (`HOST[:PORT][/PREFIX]`) under PREFIX/REPO by digest, tagged with the upstream tag
 /// when it has one. Reads from upstream, else from the mirrors already recorded. Returns
@@ -284,26 +295,22 @@ fn mirror_location(to: &str) -> Result<(String, String)> {
 #[instrument(skip(locked), fields(toolchain = %locked.toolchain))]
 pub fn mirror_locked(locked: &LockedBaseImage, to: &str) -> Result<(String, Mirrored)> {
     let up = upstream(&locked.toolchain, &locked.image)?;
-    let (host, prefix) = mirror_location(to)?;
-    let dst_repo = if prefix.is_empty() {
-        up.repo.clone()
-    } else {
-        format!("{prefix}/{}", up.repo)
-    };
+    let reference = mirror_reference(locked, to)?;
+    let (dst_name, _) = reference.split_once('@').expect("a digest reference");
+    let (host, dst_repo) = dst_name.split_once('/').expect("HOST/REPO");
     let err = |source| BaseImageError::Mirror {
         toolchain: locked.toolchain.clone(),
         image: locked.image.clone(),
         to: to.to_owned(),
         source,
     };
-    let dst_name = format!("{host}/{dst_repo}");
-    let dst = open(&dst_name, &host, &dst_repo).map_err(err)?;
+    let dst = open(dst_name, host, dst_repo).map_err(err)?;
     let tag = (!up.reference.starts_with("sha256:")).then_some(up.reference.as_str());
     let mut last = None;
     for (host, repo) in sources(locked, &up) {
         let src = open(&format!("{host}/{repo}"), &host, &repo).map_err(err)?;
         match crate::mirror::mirror(&src, &locked.digest, &dst, tag) {
-            Ok(done) => return Ok((format!("{dst_name}@{}", locked.digest), done)),
+            Ok(done) => return Ok((reference, done)),
             Err(e) => {
                 warn!(source = %src.name, "cannot copy from here: {e}");
                 last = Some(e);

@@ -73,6 +73,6 @@ fn run(cli: Cli) -> Result<i32> {
         Command::WheelDump(args) => cli::wheel::dump(args, g),
         Command::WheelJson(args) => cli::wheel::json(args, g),
         Command::Cipd(cmd) => cli::cipd::run(cmd),
-        Command::DockerMirror(args) => cli::docker::mirror(args, g),
+        Command::DockerMirror(args) => cli::docker::mirror(args, g, &store_dir),
     }
 }
