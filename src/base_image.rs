@@ -40,7 +40,7 @@ pub enum BaseImageError {
         toolchain: String,
         image: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error(
         "toolchain `{toolchain}`: base image `{image}` has no {platform} manifest (it has: {})",
@@ -58,7 +58,7 @@ pub enum BaseImageError {
         image: String,
         to: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error(
         "`{to}` is not a mirror location\nhint: write HOST[:PORT] or HOST[:PORT]/PREFIX (the image's repository goes under PREFIX)"
@@ -109,7 +109,7 @@ pub fn upstream(toolchain: &str, image: &str) -> Result<Upstream> {
     let pin_err = |source| BaseImageError::Pin {
         toolchain: toolchain.to_owned(),
         image: image.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let (host, repo, reference) = parse_reference(&full).map_err(pin_err)?;
     Ok(Upstream {
@@ -145,7 +145,7 @@ pub fn pin(toolchain: &str, base: &BaseImage) -> Result<LockedBaseImage> {
     let err = |source| BaseImageError::Pin {
         toolchain: toolchain.to_owned(),
         image: base.image.clone(),
-        source,
+        source: Box::new(source),
     };
     let repo = open(&format!("{}/{}", up.host, up.repo), &up.host, &up.repo).map_err(err)?;
     let what = format!("base image {}", base.image);
@@ -162,7 +162,9 @@ pub fn pin(toolchain: &str, base: &BaseImage) -> Result<LockedBaseImage> {
     };
     let manifest = match parsed {
         Parsed::Index(children) => {
-            let found = children.iter().find(|(_, p)| platform_matches(p, &base.platform));
+            let found = children
+                .iter()
+                .find(|(_, p)| platform_matches(p, &base.platform));
             match found {
                 Some((digest, _)) => digest.clone(),
                 None => return Err(no_platform(children.into_iter().map(|c| c.1).collect())),
@@ -255,7 +257,10 @@ fn parse(repo: &Repository, m: &RawManifest, what: &str) -> Result<Parsed, Regis
         }
         return Ok(Parsed::Index(out));
     }
-    let config = descriptor(v.get("config").ok_or_else(|| malformed("no config".into()))?)?;
+    let config = descriptor(
+        v.get("config")
+            .ok_or_else(|| malformed("no config".into()))?,
+    )?;
     let layers = v
         .get("layers")
         .and_then(|l| l.as_array())
@@ -302,7 +307,7 @@ pub fn mirror_locked(locked: &LockedBaseImage, to: &str) -> Result<(String, Mirr
         toolchain: locked.toolchain.clone(),
         image: locked.image.clone(),
         to: to.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let dst = open(dst_name, host, dst_repo).map_err(err)?;
     let tag = (!up.reference.starts_with("sha256:")).then_some(up.reference.as_str());
@@ -431,10 +436,8 @@ fn fetch_from(
         let hex = digest.trim_start_matches("sha256:");
         let path = dir.join(hex);
         let partial = dir.join(format!("{hex}.partial"));
-        let mut out = std::fs::File::create(&partial).map_err(io(format!(
-            "create `{}` for {blob}",
-            partial.display()
-        )))?;
+        let mut out = std::fs::File::create(&partial)
+            .map_err(io(format!("create `{}` for {blob}", partial.display())))?;
         let mut reader = repo.blob_reader(&digest, size, &blob)?;
         std::io::copy(&mut reader, &mut out).map_err(io(format!("download {blob}")))?;
         std::fs::rename(&partial, &path)

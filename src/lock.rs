@@ -228,11 +228,11 @@ impl Lockfile {
             }
         }
         for b in &lock.base_images {
-            let digests = [b.digest.as_str(), b.manifest.as_str()]
-                .into_iter()
-                .chain(b.mirrors.iter().map(|m| {
-                    m.split_once('@').map_or(m.as_str(), |(_, d)| d)
-                }));
+            let digests = [b.digest.as_str(), b.manifest.as_str()].into_iter().chain(
+                b.mirrors
+                    .iter()
+                    .map(|m| m.split_once('@').map_or(m.as_str(), |(_, d)| d)),
+            );
             for d in digests {
                 if !is_sha256(d) {
                     return Err(LockError::BadImageDigest {
@@ -273,7 +273,9 @@ impl Lockfile {
         sorted.sources.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.toolchains.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.debs.sort_by(|a, b| a.name.cmp(&b.name));
-        sorted.base_images.sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
+        sorted
+            .base_images
+            .sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
         for b in &mut sorted.base_images {
             b.mirrors.sort();
             b.mirrors.dedup();
@@ -372,7 +374,9 @@ impl Lockfile {
 /// Whether `s` is `sha256:` and 64 lowercase hex digits.
 pub fn is_sha256(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

@@ -469,7 +469,8 @@ impl Project {
                 None => crate::base_image::pin(&tc.name, base).map_err(Box::new)?,
             });
         }
-        new.base_images.sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
+        new.base_images
+            .sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
         Ok(())
     }
 

@@ -437,7 +437,11 @@ fn mirror_locked(to: &str, platforms: &[String], g: &GlobalArgs, store_dir: &Pat
         output::json(&report)?;
     } else {
         for r in &report {
-            println!("{} {}", r["toolchain"].as_str().unwrap_or_default(), r["mirror"].as_str().unwrap_or_default());
+            println!(
+                "{} {}",
+                r["toolchain"].as_str().unwrap_or_default(),
+                r["mirror"].as_str().unwrap_or_default()
+            );
         }
     }
     Ok(0)

@@ -198,16 +198,21 @@ pub fn write_base_image_archive(
     let mut env: Vec<String> = run
         .get("Env")
         .and_then(|e| e.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
-    env.retain(|kv| !tc.env.contains_key(kv.split('=').next().unwrap_or_default()));
+    env.retain(|kv| {
+        !tc.env
+            .contains_key(kv.split('=').next().unwrap_or_default())
+    });
     env.extend(tc.env.iter().map(|(k, v)| format!("{k}={v}")));
     run.insert("Env".into(), env.into());
     let mut labels = crate::docker::managed_labels(crate::docker::KIND_IMAGE);
     labels.insert(LABEL_TOOLCHAIN.to_owned(), tc.name.clone());
-    let all_labels = run
-        .entry("Labels")
-        .or_insert_with(|| serde_json::json!({}));
+    let all_labels = run.entry("Labels").or_insert_with(|| serde_json::json!({}));
     if !all_labels.is_object() {
         *all_labels = serde_json::json!({});
     }
@@ -319,7 +324,8 @@ fn write_own_layer(
             Own::Dir(mode) => {
                 h.set_entry_type(EntryType::Directory);
                 h.set_mode(*mode);
-                b.append_data(&mut h, path, std::io::empty()).map_err(werr)?;
+                b.append_data(&mut h, path, std::io::empty())
+                    .map_err(werr)?;
             }
             Own::Bytes(bytes, mode) => {
                 h.set_entry_type(EntryType::Regular);

@@ -133,7 +133,10 @@ pub struct BaseImage {
     /// The platform picked from a multi-platform index, `os/architecture[/variant]`.
     /// Default `linux/amd64`, not the host's: a lockfile must not depend on the machine
     /// that wrote it, and builds run x86-64 images.
-    #[serde(default = "default_platform", skip_serializing_if = "is_default_platform")]
+    #[serde(
+        default = "default_platform",
+        skip_serializing_if = "is_default_platform"
+    )]
     pub platform: String,
 }
 
@@ -396,7 +399,10 @@ impl Toolchain {
     }
 
     fn validate_base(&self, b: &BaseImage) -> std::result::Result<(), String> {
-        let reference = b.image.rsplit_once('/').map_or(b.image.as_str(), |(_, r)| r);
+        let reference = b
+            .image
+            .rsplit_once('/')
+            .map_or(b.image.as_str(), |(_, r)| r);
         if !reference.contains(':') && !reference.contains('@') {
             return Err(format!(
                 "base.image `{}` names no tag; write REPO:TAG (the lockfile pins it by digest)",
@@ -731,7 +737,13 @@ mod tests {
             "armhf",
         );
         bad(
-            &|t| t.debian.as_mut().unwrap().architectures.push("amd64".into()),
+            &|t| {
+                t.debian
+                    .as_mut()
+                    .unwrap()
+                    .architectures
+                    .push("amd64".into())
+            },
             "twice",
         );
         let base = BaseImage {

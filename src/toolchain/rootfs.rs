@@ -62,13 +62,7 @@ pub fn build_rootfs(
             &std::env::temp_dir(),
         ))?;
     let repo = tmp.path().join("repo");
-    deb::write_repo(
-        &repo,
-        &d.suite,
-        &d.architectures,
-        debs,
-        epoch,
-    )?;
+    deb::write_repo(&repo, &d.suite, &d.architectures, debs, epoch)?;
     let cmake = tmp.path().join("toolchain.cmake");
     std::fs::write(&cmake, tc.cmake_toolchain()).map_err(ToolchainError::io("write", &cmake))?;
     let mut copies: Vec<(PathBuf, String)> = overlays.to_vec();
@@ -119,10 +113,7 @@ pub fn build_rootfs(
     cmd.arg("--mode=root")
         .arg("--variant=essential")
         .arg("--format=tar")
-        .arg(format!(
-            "--architectures={}",
-            d.architectures.join(",")
-        ))
+        .arg(format!("--architectures={}", d.architectures.join(",")))
         .arg(format!("--include={}", include.join(",")))
         .args(DPKG_OPTIONS.iter().map(|o| format!("--dpkgopt={o}")))
         .arg(format!("--hook-dir={MERGED_USR_HOOK}"))
