@@ -765,6 +765,109 @@ fn lossy(b: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// A base image's archive: the same inputs give the same bytes; the config keeps the
+    /// base's fields, merges `env`, appends our layer's diff id and history; our layer
+    /// holds the CMake file, `files` and overlays with their parents.
+    #[test]
+    fn base_image_archives_are_deterministic_and_extend_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let tc = Toolchain::parse(
+            r##"
+            name = "dockcross-arm64"
+            cross_triple = "aarch64-linux-gnu"
+            wheel_tags = ["linux_aarch64"]
+            cipd_platform = "linux-arm64"
+            [base]
+            image = "dockcross/linux-arm64:1"
+            [files]
+            "/usr/local/bin/w" = "#!/bin/sh\n"
+            [env]
+            CC = "/usr/xcc/bin/cc"
+            "##,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let base_layer = dir.path().join("layer");
+        std::fs::write(&base_layer, b"not looked into").unwrap();
+        let base_config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/xcc/bin:/bin","CC=gcc"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:00"]},"history":[{"created_by":"base"}]}"#;
+        let overlay = dir.path().join("overlay");
+        std::fs::create_dir_all(overlay.join("bin")).unwrap();
+        std::fs::write(overlay.join("bin/zig"), b"zig").unwrap();
+        let overlays = [(overlay, "/opt/zig".to_owned())];
+        let write = |name: &str| {
+            let out = dir.path().join(name);
+            let info = write_base_image_archive(
+                base_config,
+                std::slice::from_ref(&base_layer),
+                &tc,
+                &overlays,
+                &out,
+                7,
+            )
+            .unwrap();
+            (info, std::fs::read(&out).unwrap())
+        };
+        let (a, bytes_a) = write("a.tar");
+        let (b, bytes_b) = write("b.tar");
+        assert_eq!(a, b);
+        assert_eq!(bytes_a, bytes_b, "byte-identical archives");
+
+        let mut ar = tar::Archive::new(&bytes_a[..]);
+        let mut files = BTreeMap::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).unwrap();
+            files.insert(e.path().unwrap().to_string_lossy().into_owned(), v);
+        }
+        let hex = a.id.trim_start_matches("sha256:");
+        let config: serde_json::Value =
+            serde_json::from_slice(&files[&format!("blobs/sha256/{hex}")]).unwrap();
+        assert_eq!(
+            config["config"]["Env"],
+            serde_json::json!(["PATH=/usr/xcc/bin:/bin", "CC=/usr/xcc/bin/cc"])
+        );
+        assert_eq!(config["config"]["Cmd"], serde_json::json!(["/bin/sh"]));
+        assert_eq!(
+            config["config"]["Labels"][LABEL_TOOLCHAIN],
+            "dockcross-arm64"
+        );
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            serde_json::json!(["sha256:00", a.diff_id])
+        );
+        assert_eq!(config["history"].as_array().unwrap().len(), 2);
+        let own = &files[&format!("blobs/sha256/{}", a.diff_id.trim_start_matches("sha256:"))];
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&own[..]).entries().unwrap() {
+            let e = e.unwrap();
+            assert_eq!(
+                (e.header().uid().unwrap(), e.header().mtime().unwrap()),
+                (0, 7)
+            );
+            names.push(e.path().unwrap().to_string_lossy().into_owned());
+        }
+        for want in [
+            "usr/lib/dockerbuild/toolchain.cmake",
+            "usr/local/bin/w",
+            "opt/zig/bin/zig",
+            "opt",
+        ] {
+            assert!(
+                names.iter().any(|n| n.trim_end_matches('/') == want),
+                "{want}: {names:?}"
+            );
+        }
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "sorted");
+
+        // A config whose layers do not match the manifest's is refused.
+        let e = write_base_image_archive(base_config, &[], &tc, &[], &dir.path().join("c.tar"), 7)
+            .unwrap_err();
+        assert!(e.to_string().contains("names 1 layers"), "{e}");
+    }
+
     #[test]
     fn paths_normalize() {
         assert_eq!(normalize(b"./"), b"");
