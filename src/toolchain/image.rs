@@ -178,14 +178,6 @@ pub fn write_base_image_archive(
             .map_err(ToolchainError::io("create a temporary file in", &out_dir))
     };
 
-    let layer_file = tmp(".dockerbuild-layer-")?;
-    let mut hw = HashingWriter::new(BufWriter::new(layer_file.as_file()));
-    write_own_layer(tc, overlays, &mut hw, epoch)?;
-    let (layer_hex, layer_size) = hw
-        .finish()
-        .map_err(ToolchainError::io("write", layer_file.path()))?;
-    let diff_id = format!("sha256:{layer_hex}");
-
     let obj = config
         .as_object_mut()
         .ok_or_else(|| bad("is not an object".into()))?;
@@ -209,7 +201,21 @@ pub fn write_base_image_archive(
             .contains_key(kv.split('=').next().unwrap_or_default())
     });
     env.extend(tc.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let merged: BTreeMap<String, String> = env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     run.insert("Env".into(), env.into());
+
+    let layer_file = tmp(".dockerbuild-layer-")?;
+    let mut hw = HashingWriter::new(BufWriter::new(layer_file.as_file()));
+    let cmake = tc.cmake_toolchain_in(&merged);
+    write_own_layer(tc, &cmake, overlays, &mut hw, epoch)?;
+    let (layer_hex, layer_size) = hw
+        .finish()
+        .map_err(ToolchainError::io("write", layer_file.path()))?;
+    let diff_id = format!("sha256:{layer_hex}");
     let mut labels = crate::docker::managed_labels(crate::docker::KIND_IMAGE);
     labels.insert(LABEL_TOOLCHAIN.to_owned(), tc.name.clone());
     let all_labels = run.entry("Labels").or_insert_with(|| serde_json::json!({}));
@@ -280,11 +286,12 @@ enum Own {
     Symlink(PathBuf),
 }
 
-/// The layer a `[base]` toolchain adds: the CMake toolchain file, `tc.files`
+/// The layer a `[base]` toolchain adds: the CMake toolchain file (`cmake`), `tc.files`
 /// (executable) and the overlays, owned by root, dated `epoch`, sorted; the parent
 /// directories of each are included (mode 0755).
 fn write_own_layer(
     tc: &Toolchain,
+    cmake: &str,
     overlays: &[(PathBuf, String)],
     out: &mut dyn Write,
     epoch: u64,
@@ -293,7 +300,7 @@ fn write_own_layer(
     let rel = |abs: &str| PathBuf::from(abs.trim_start_matches('/'));
     items.insert(
         rel(super::CMAKE_TOOLCHAIN_PATH),
-        Own::Bytes(tc.cmake_toolchain().into_bytes(), 0o644),
+        Own::Bytes(cmake.as_bytes().to_vec(), 0o644),
     );
     for (path, text) in &tc.files {
         items.insert(rel(path), Own::Bytes(text.clone().into_bytes(), 0o755));
@@ -789,7 +796,7 @@ mod tests {
         .unwrap();
         let base_layer = dir.path().join("layer");
         std::fs::write(&base_layer, b"not looked into").unwrap();
-        let base_config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/xcc/bin:/bin","CC=gcc"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:00"]},"history":[{"created_by":"base"}]}"#;
+        let base_config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/xcc/bin:/bin","CC=gcc","CXX=/usr/xcc/bin/c++"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:00"]},"history":[{"created_by":"base"}]}"#;
         let overlay = dir.path().join("overlay");
         std::fs::create_dir_all(overlay.join("bin")).unwrap();
         std::fs::write(overlay.join("bin/zig"), b"zig").unwrap();
@@ -825,7 +832,11 @@ mod tests {
             serde_json::from_slice(&files[&format!("blobs/sha256/{hex}")]).unwrap();
         assert_eq!(
             config["config"]["Env"],
-            serde_json::json!(["PATH=/usr/xcc/bin:/bin", "CC=/usr/xcc/bin/cc"])
+            serde_json::json!([
+                "PATH=/usr/xcc/bin:/bin",
+                "CXX=/usr/xcc/bin/c++",
+                "CC=/usr/xcc/bin/cc"
+            ])
         );
         assert_eq!(config["config"]["Cmd"], serde_json::json!(["/bin/sh"]));
         assert_eq!(
@@ -839,8 +850,12 @@ mod tests {
         assert_eq!(config["history"].as_array().unwrap().len(), 2);
         let own = &files[&format!("blobs/sha256/{}", a.diff_id.trim_start_matches("sha256:"))];
         let mut names = Vec::new();
+        let mut cmake = String::new();
         for e in tar::Archive::new(&own[..]).entries().unwrap() {
-            let e = e.unwrap();
+            let mut e = e.unwrap();
+            if e.path().unwrap().ends_with("toolchain.cmake") {
+                e.read_to_string(&mut cmake).unwrap();
+            }
             assert_eq!(
                 (e.header().uid().unwrap(), e.header().mtime().unwrap()),
                 (0, 7)
@@ -858,6 +873,15 @@ mod tests {
                 "{want}: {names:?}"
             );
         }
+        // The compilers the image has: the toolchain's CC, the base's CXX.
+        assert!(
+            cmake.contains("set(CMAKE_C_COMPILER /usr/xcc/bin/cc)"),
+            "{cmake}"
+        );
+        assert!(
+            cmake.contains("set(CMAKE_CXX_COMPILER /usr/xcc/bin/c++)"),
+            "{cmake}"
+        );
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted, "sorted");
