@@ -456,6 +456,22 @@ mod tests {
         );
     }
 
+    /// lockfiles/README.md's `[[base_image]]` example is what the real types read.
+    #[test]
+    fn the_readme_base_image_example_parses() {
+        let readme = include_str!("../lockfiles/README.md");
+        let block: String = readme
+            .lines()
+            .skip_while(|l| *l != "```toml")
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .collect::<Vec<_>>()
+            .join("\n");
+        let lock = Lockfile::parse(&format!("version = 1\n{block}"), Path::new("README")).unwrap();
+        let doc = Lockfile::parse(&doc_example(), Path::new("doc")).unwrap();
+        assert_eq!(lock.base_images, doc.base_images);
+    }
+
     #[test]
     fn base_image_digests_are_checked() {
         let text = doc_example().replace("sha256:2222", "sha256:22");
