@@ -1,6 +1,6 @@
 //! Toolchain images: generated from a toolchain's pinned `.deb` files (or on its base
-//! image pinned by digest) into a deterministic `docker load` archive, kept in the store as a `toolchain` entry, and
-//! loaded into the local Docker daemon on demand.
+//! image pinned by digest) into a deterministic `docker load` archive, kept in the store
+//! as a `toolchain` entry, and loaded into the local Docker daemon on demand.
 //!
 //! An image's key is the BLAKE3 of everything that goes into it: the toolchain definition,
 //! the store addresses of its `.deb` files and of the sources it unpacks, a base image's

@@ -178,6 +178,24 @@ impl Lockfile {
         self.base_images.iter().find(|b| b.toolchain == toolchain)
     }
 
+    /// Records a copy of `toolchain`'s base image (kept sorted, once). Returns whether
+    /// it is new; false too when the toolchain has no base image.
+    pub fn add_mirror(&mut self, toolchain: &str, reference: &str) -> bool {
+        let Some(b) = self
+            .base_images
+            .iter_mut()
+            .find(|b| b.toolchain == toolchain)
+        else {
+            return false;
+        };
+        if b.mirrors.iter().any(|m| m == reference) {
+            return false;
+        }
+        b.mirrors.push(reference.to_owned());
+        b.mirrors.sort();
+        true
+    }
+
     pub fn toolchain(&self, name: &str) -> Option<&LockedToolchain> {
         self.toolchains.iter().find(|t| t.name == name)
     }
@@ -439,6 +457,12 @@ mod tests {
             }]
         );
         let mut c = a.clone();
+        let m = c.base_images[0].mirrors[0].clone();
+        assert!(!c.add_mirror("dockcross-arm64", &m), "recorded once");
+        assert!(!c.add_mirror("no-such-toolchain", &m));
+        c.base_images[0].mirrors.clear();
+        assert!(c.add_mirror("dockcross-arm64", &m));
+        assert_eq!(a.diff(&c), vec![]);
         c.base_images[0].mirrors.clear();
         assert_eq!(
             a.diff(&c),

@@ -412,14 +412,11 @@ fn mirror_locked(to: &str, platforms: &[String], g: &GlobalArgs, store_dir: &Pat
             "{}: {reference} ({} manifests, {} blobs copied, {} bytes, {} already there)",
             b.toolchain, done.manifests, done.blobs_copied, done.bytes_copied, done.blobs_present
         ));
-        let entry = new
-            .base_images
-            .iter_mut()
-            .find(|x| x.toolchain == b.toolchain)
-            .expect("chosen from the lockfile");
-        entry.mirrors.push(reference.clone());
-        entry.mirrors.sort();
-        entry.mirrors.dedup();
+        new.add_mirror(&b.toolchain, &reference);
+        // Recorded as soon as it is made, so a later failure loses no copy.
+        if c.project.write_lock(&new)? {
+            output::status(format!("wrote {}", c.project.lock_path().display()));
+        }
         report.push(serde_json::json!({
             "toolchain": b.toolchain,
             "mirror": reference,
@@ -429,9 +426,6 @@ fn mirror_locked(to: &str, platforms: &[String], g: &GlobalArgs, store_dir: &Pat
             "blobs_present": done.blobs_present,
             "bytes_copied": done.bytes_copied,
         }));
-    }
-    if c.project.write_lock(&new)? {
-        output::status(format!("wrote {}", c.project.lock_path().display()));
     }
     if g.json {
         output::json(&report)?;
