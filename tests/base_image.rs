@@ -167,6 +167,27 @@ fn a_toolchain_on_a_mirrored_dockcross_style_base_image() {
     assert_eq!(pin.manifest, amd64_digest);
     assert!(pin.mirrors.is_empty());
 
+    // A single manifest of another platform is refused, naming both platforms.
+    let wrong = env.path().join("wrong");
+    project(
+        &wrong,
+        "dockcross/linux-arm64:v1\"\nplatform = \"linux/arm64",
+    );
+    let out = env
+        .cmd()
+        .env("DOCKERBUILD_BASE_REGISTRY", &upstream)
+        .arg("--project")
+        .arg(&wrong)
+        .arg("lock")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no linux/arm64 manifest") && err.contains("it has: linux/amd64"),
+        "{err}"
+    );
+
     // Mirrored, and recorded; --locked refuses a copy the lockfile lacks.
     let to = format!("{mirror}/mirror");
     let out = run(&env.store(), &["--locked", "docker-mirror", "--to", &to]);
