@@ -383,6 +383,9 @@ fn mirror_locked(to: &str, platforms: &[String], g: &GlobalArgs, store_dir: &Pat
         .iter()
         .filter(|b| platforms.is_empty() || platforms.contains(&b.toolchain))
         .collect();
+    if chosen.is_empty() {
+        output::status("the lockfile pins no base images ([base] toolchains): nothing to mirror");
+    }
     if g.locked {
         let mut missing = Vec::new();
         for b in &chosen {
