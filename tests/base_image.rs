@@ -20,6 +20,17 @@ fn docker(args: &[&str]) {
     common::assert_success(&out, &args);
 }
 
+/// Images this test made, removed from the daemon however the test ends.
+struct Images(std::cell::RefCell<Vec<String>>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for i in self.0.borrow().iter() {
+            drop(Command::new("docker").args(["rmi", i]).output());
+        }
+    }
+}
+
 /// A project of one `[base]` toolchain on `image`, with no sources.
 fn project(dir: &Path, image: &str) {
     common::write(&dir.join("sources.toml"), b"");
@@ -132,8 +143,9 @@ fn a_toolchain_on_a_mirrored_dockcross_style_base_image() {
         dockerfile.to_str().unwrap(),
         context.to_str().unwrap(),
     ]);
+    let made = Images(Default::default());
+    made.0.borrow_mut().push(pushed.clone());
     docker(&["push", "-q", &pushed]);
-    docker(&["rmi", &pushed]);
     let repo = Arc::new(
         Repository::open(
             "upstream",
@@ -221,6 +233,7 @@ fn a_toolchain_on_a_mirrored_dockcross_style_base_image() {
     common::assert_success(&out, &"docker-generate from the mirror");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = v[0]["id"].as_str().unwrap().to_owned();
+    made.0.borrow_mut().push(id.clone());
     eprintln!("generated from the mirror at {:?}", started.elapsed());
 
     // It cross-compiles with the base's $CC; our layer and environment are there.
@@ -299,7 +312,6 @@ fn a_toolchain_on_a_mirrored_dockcross_style_base_image() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["id"], id.as_str(), "the same bytes from either source");
     eprintln!("done in {:?}", started.elapsed());
-    drop(Command::new("docker").args(["rmi", &id]).output());
 }
 
 /// A definition with both or neither of `[debian]` and `[base]` is refused, naming the
