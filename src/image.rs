@@ -1,10 +1,10 @@
-//! Toolchain images: generated from a toolchain's pinned `.deb` files into a
-//! deterministic `docker load` archive, kept in the store as a `toolchain` entry, and
-//! loaded into the local Docker daemon on demand.
+//! Toolchain images: generated from a toolchain's pinned `.deb` files (or on its base
+//! image pinned by digest) into a deterministic `docker load` archive, kept in the store
+//! as a `toolchain` entry, and loaded into the local Docker daemon on demand.
 //!
 //! An image's key is the BLAKE3 of everything that goes into it: the toolchain definition,
-//! the store addresses of its `.deb` files and of the sources it unpacks, the time stamp,
-//! and the generator's version.
+//! the store addresses of its `.deb` files and of the sources it unpacks, a base image's
+//! pinned manifest digest, the time stamp, and the generator's version.
 //! The same lockfile therefore gives the same key, entry and image ID on any machine.
 
 use std::path::PathBuf;
@@ -72,6 +72,12 @@ pub enum ImageError {
     Docker(#[from] DockerError),
     #[error("cannot use temporary directory")]
     Temp(#[source] std::io::Error),
+    #[error(
+        "toolchain `{name}`: its base image is not in the lockfile\nhint: run `dockerbuild lock`"
+    )]
+    BaseNotLocked { name: String },
+    #[error(transparent)]
+    BaseImage(#[from] crate::base_image::BaseImageError),
 }
 
 /// A generated image in the store.
@@ -99,9 +105,14 @@ pub fn toolchain<'a>(project: &'a Project, platform: &str) -> Result<&'a Toolcha
         })
 }
 
-fn key(tc: &Toolchain, debs: &[Digest]) -> Digest {
-    let json = serde_json::to_vec(&(GENERATOR_VERSION, SOURCE_DATE_EPOCH, tc, debs))
-        .expect("key serializes");
+/// `base` is the pinned platform manifest of a `[base]` toolchain: its image is built on
+/// it, wherever the bytes come from (mirrors are not part of the key).
+fn key(tc: &Toolchain, debs: &[Digest], base: Option<&str>) -> Digest {
+    let json = match base {
+        None => serde_json::to_vec(&(GENERATOR_VERSION, SOURCE_DATE_EPOCH, tc, debs)),
+        Some(m) => serde_json::to_vec(&(GENERATOR_VERSION, SOURCE_DATE_EPOCH, tc, debs, m)),
+    }
+    .expect("key serializes");
     Digest::of(&json)
 }
 
@@ -129,6 +140,7 @@ pub fn generate(
         debs,
         unpacks,
         digests,
+        base,
         key,
     } = resolve(project, lock, platform)?;
     // One generation per image at a time, across threads and processes: who waited
@@ -201,11 +213,30 @@ pub fn generate(
         .prefix("dockerbuild-image-")
         .tempdir()
         .map_err(ImageError::Temp)?;
-    let rootfs = tmp.path().join("rootfs.tar");
-    toolchain::build_rootfs(tc, &files, &overlays, &rootfs, SOURCE_DATE_EPOCH)?;
     let archive = tmp.path().join("image.tar");
-    let info = toolchain::write_image_archive(&rootfs, tc, &archive, SOURCE_DATE_EPOCH)?;
-    drop(std::fs::remove_file(&rootfs));
+    let info = match base {
+        Some(locked) => {
+            let blobs = tmp.path().join("blobs");
+            std::fs::create_dir(&blobs).map_err(ImageError::Temp)?;
+            let fetched = crate::base_image::fetch(locked, &blobs)?;
+            info!(platform, source = fetched.source, "fetched the base image");
+            toolchain::write_base_image_archive(
+                &fetched.config,
+                &fetched.layers,
+                tc,
+                &overlays,
+                &archive,
+                SOURCE_DATE_EPOCH,
+            )?
+        }
+        None => {
+            let rootfs = tmp.path().join("rootfs.tar");
+            toolchain::build_rootfs(tc, &files, &overlays, &rootfs, SOURCE_DATE_EPOCH)?;
+            let info = toolchain::write_image_archive(&rootfs, tc, &archive, SOURCE_DATE_EPOCH)?;
+            drop(std::fs::remove_file(&rootfs));
+            info
+        }
+    };
     let new = NewEntry {
         name: entry_name(platform),
         kind: Kind::Toolchain,
@@ -239,6 +270,8 @@ struct Resolved<'a> {
     unpacks: Vec<(&'a crate::toolchain::Unpack, &'a crate::lock::LockedSource)>,
     /// The .debs' and unpacked sources' store addresses, in order.
     digests: Vec<Digest>,
+    /// A `[base]` toolchain's pinned image.
+    base: Option<&'a crate::lock::LockedBaseImage>,
     key: Digest,
 }
 
@@ -248,13 +281,29 @@ fn resolve<'a>(
     platform: &str,
 ) -> Result<Resolved<'a>, ImageError> {
     let tc = toolchain(project, platform)?;
-    let locked = lock
-        .toolchain(platform)
-        .ok_or_else(|| ImageError::NotLocked {
-            name: platform.to_owned(),
-        })?;
+    let base = match &tc.base {
+        Some(b) => Some(
+            lock.base_image(platform)
+                .filter(|l| l.image == b.image && l.platform == b.platform)
+                .ok_or_else(|| ImageError::BaseNotLocked {
+                    name: platform.to_owned(),
+                })?,
+        ),
+        None => None,
+    };
+    let deb_names = match base {
+        Some(_) => &[][..],
+        None => {
+            &lock
+                .toolchain(platform)
+                .ok_or_else(|| ImageError::NotLocked {
+                    name: platform.to_owned(),
+                })?
+                .debs[..]
+        }
+    };
     let mut debs = Vec::new();
-    for name in &locked.debs {
+    for name in deb_names {
         let d = lock
             .deb(name)
             .ok_or_else(|| ImageError::BadDeb { name: name.clone() })?;
@@ -276,12 +325,13 @@ fn resolve<'a>(
         .map(|d| d.blake3)
         .chain(unpacks.iter().map(|(_, p)| p.blake3))
         .collect();
-    let key = key(tc, &digests);
+    let key = key(tc, &digests, base.map(|b| b.manifest.as_str()));
     Ok(Resolved {
         tc,
         debs,
         unpacks,
         digests,
+        base,
         key,
     })
 }

@@ -20,6 +20,8 @@
 //! - [`cache`]: binary caches (`file://`, `cipd://`, `oci://`) that substitute entries instead of
 //!   building them; [`signing`]: ed25519 keys and signed claims.
 //! - [`mirror`]: `docker-mirror`, copying an image between registries by digest.
+//! - [`base_image`]: upstream images `[base]` toolchains build on: pinned, mirrored,
+//!   fetched by digest.
 //! - [`registry`]: a blocking OCI distribution (registry API) client: resumable blob
 //!   transfers, manifests checked against their digests, Docker credentials.
 //! - [`recipe`]: named, checked-in builds (`recipes/*.toml`): interpreters, git, ...
@@ -37,6 +39,7 @@
 //!   `lock`).
 
 pub mod archive;
+pub mod base_image;
 pub mod build;
 pub mod cache;
 pub mod config;

@@ -17,6 +17,14 @@
 //! sha256 = "d6c9d1dde8b8dfb9d8d6e7b6eef7b5c5e9b35d2e0a0b6c3b0e0cb3c1e0cf0b1c"
 //! size = 1471425
 //! blake3 = "blake3:5d1c1b4b9b1a1a05c8cc6b1f2a5f23d7c1c4b2f4c6d8e0a2b4c6d8e0f2a4b6c8"
+//!
+//! [[base_image]]
+//! toolchain = "dockcross-arm64"
+//! image = "dockcross/linux-arm64:20240104-1a2b3c4"
+//! platform = "linux/amd64"
+//! digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+//! manifest = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+//! mirrors = ["127.0.0.1:5000/mirror/dockcross/linux-arm64@sha256:1111111111111111111111111111111111111111111111111111111111111111"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -43,6 +51,31 @@ pub struct Lockfile {
     /// Every `.deb` any toolchain needs, pinned like a source, shared between toolchains.
     #[serde(default, rename = "deb", skip_serializing_if = "Vec::is_empty")]
     pub debs: Vec<LockedSource>,
+    /// Each `[base]` toolchain's upstream image, pinned by digest, and its mirrors.
+    #[serde(default, rename = "base_image", skip_serializing_if = "Vec::is_empty")]
+    pub base_images: Vec<LockedBaseImage>,
+}
+
+/// A toolchain's base image: the upstream tag pinned to digests, and where copies are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedBaseImage {
+    /// The toolchain built on it.
+    pub toolchain: String,
+    /// The toolchain's `base.image` when it was pinned (a change re-pins it).
+    pub image: String,
+    /// The toolchain's `base.platform` when it was pinned.
+    pub platform: String,
+    /// `sha256:...` of the top manifest the tag named (a multi-platform index or a
+    /// manifest): what mirrors copy, so every digest stays the same there.
+    pub digest: String,
+    /// `sha256:...` of the platform's manifest (`digest` itself for a single manifest):
+    /// what the image is generated from.
+    pub manifest: String,
+    /// Copies made by `docker-mirror`, `HOST[:PORT]/REPO@sha256:...` (the top digest),
+    /// sorted; tried in order before upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
 }
 
 /// A toolchain's Debian package closure, resolved once by apt.
@@ -91,6 +124,12 @@ pub enum LockError {
     },
     #[error("lockfile `{}` has version {found}; this dockerbuild reads version {LOCK_VERSION}\nhint: use a matching dockerbuild, or regenerate it with `dockerbuild lock`", path.display())]
     UnsupportedVersion { path: PathBuf, found: String },
+    #[error("lockfile `{}`: base image of `{toolchain}`: `{value}` is not a sha256:HEX digest\nhint: regenerate it with `dockerbuild lock`", path.display())]
+    BadImageDigest {
+        path: PathBuf,
+        toolchain: String,
+        value: String,
+    },
     #[error("lockfile `{}` pins `{name}` twice", path.display())]
     Duplicate { path: PathBuf, name: String },
     #[error("lockfile `{}`: toolchain `{toolchain}` needs deb `{deb}`, which it does not pin\nhint: regenerate it with `dockerbuild lock`", path.display())]
@@ -131,7 +170,30 @@ impl Lockfile {
             sources: Vec::new(),
             toolchains: Vec::new(),
             debs: Vec::new(),
+            base_images: Vec::new(),
         }
+    }
+
+    pub fn base_image(&self, toolchain: &str) -> Option<&LockedBaseImage> {
+        self.base_images.iter().find(|b| b.toolchain == toolchain)
+    }
+
+    /// Records a copy of `toolchain`'s base image (kept sorted, once). Returns whether
+    /// it is new; false too when the toolchain has no base image.
+    pub fn add_mirror(&mut self, toolchain: &str, reference: &str) -> bool {
+        let Some(b) = self
+            .base_images
+            .iter_mut()
+            .find(|b| b.toolchain == toolchain)
+        else {
+            return false;
+        };
+        if b.mirrors.iter().any(|m| m == reference) {
+            return false;
+        }
+        b.mirrors.push(reference.to_owned());
+        b.mirrors.sort();
+        true
     }
 
     pub fn toolchain(&self, name: &str) -> Option<&LockedToolchain> {
@@ -169,6 +231,10 @@ impl Lockfile {
                 .collect::<Vec<_>>(),
             lock.toolchains.iter().map(|t| t.name.as_str()).collect(),
             lock.debs.iter().map(|d| d.name.as_str()).collect(),
+            lock.base_images
+                .iter()
+                .map(|b| b.toolchain.as_str())
+                .collect(),
         ] {
             let mut names = names;
             names.sort();
@@ -177,6 +243,22 @@ impl Lockfile {
                     path: path.to_owned(),
                     name: w[0].to_owned(),
                 });
+            }
+        }
+        for b in &lock.base_images {
+            let digests = [b.digest.as_str(), b.manifest.as_str()].into_iter().chain(
+                b.mirrors
+                    .iter()
+                    .map(|m| m.split_once('@').map_or(m.as_str(), |(_, d)| d)),
+            );
+            for d in digests {
+                if !is_sha256(d) {
+                    return Err(LockError::BadImageDigest {
+                        path: path.to_owned(),
+                        toolchain: b.toolchain.clone(),
+                        value: d.to_owned(),
+                    });
+                }
             }
         }
         for t in &lock.toolchains {
@@ -209,6 +291,13 @@ impl Lockfile {
         sorted.sources.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.toolchains.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.debs.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted
+            .base_images
+            .sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
+        for b in &mut sorted.base_images {
+            b.mirrors.sort();
+            b.mirrors.dedup();
+        }
         format!(
             "{HEADER}\n{}",
             toml::to_string(&sorted).expect("lockfile serializes")
@@ -268,8 +357,45 @@ impl Lockfile {
                 out.push(Change::Removed(format!("toolchain {}", t.name)));
             }
         }
+        for b in &new.base_images {
+            let label = format!("base image of {}", b.toolchain);
+            match self.base_image(&b.toolchain) {
+                None => out.push(Change::Added(label)),
+                Some(old) if old != b => {
+                    let mut fields = Vec::new();
+                    if (&old.image, &old.platform) != (&b.image, &b.platform) {
+                        fields.push("image");
+                    }
+                    if (&old.digest, &old.manifest) != (&b.digest, &b.manifest) {
+                        fields.push("digests");
+                    }
+                    if old.mirrors != b.mirrors {
+                        fields.push("mirrors");
+                    }
+                    out.push(Change::Changed {
+                        name: label,
+                        fields,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        for b in &self.base_images {
+            if new.base_image(&b.toolchain).is_none() {
+                out.push(Change::Removed(format!("base image of {}", b.toolchain)));
+            }
+        }
         out
     }
+}
+
+/// Whether `s` is `sha256:` and 64 lowercase hex digits.
+pub fn is_sha256(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 #[cfg(test)]
@@ -284,6 +410,7 @@ mod tests {
     fn the_documented_example_parses_and_round_trips() {
         let lock = Lockfile::parse(&doc_example(), Path::new("doc")).unwrap();
         assert_eq!(lock.sources[0].name, "zlib");
+        assert_eq!(lock.base_images[0].toolchain, "dockcross-arm64");
         let text = lock.to_text();
         assert!(text.starts_with(HEADER));
         assert_eq!(Lockfile::parse(&text, Path::new("t")).unwrap(), lock);
@@ -329,9 +456,50 @@ mod tests {
                 fields: vec!["hashes"]
             }]
         );
+        let mut c = a.clone();
+        let m = c.base_images[0].mirrors[0].clone();
+        assert!(!c.add_mirror("dockcross-arm64", &m), "recorded once");
+        assert!(!c.add_mirror("no-such-toolchain", &m));
+        c.base_images[0].mirrors.clear();
+        assert!(c.add_mirror("dockcross-arm64", &m));
+        assert_eq!(a.diff(&c), vec![]);
+        c.base_images[0].mirrors.clear();
+        assert_eq!(
+            a.diff(&c),
+            vec![Change::Changed {
+                name: "base image of dockcross-arm64".into(),
+                fields: vec!["mirrors"]
+            }]
+        );
         assert_eq!(
             a.diff(&Lockfile::empty()),
-            vec![Change::Removed("zlib".into())]
+            vec![
+                Change::Removed("zlib".into()),
+                Change::Removed("base image of dockcross-arm64".into())
+            ]
         );
+    }
+
+    /// lockfiles/README.md's `[[base_image]]` example is what the real types read.
+    #[test]
+    fn the_readme_base_image_example_parses() {
+        let readme = include_str!("../lockfiles/README.md");
+        let block: String = readme
+            .lines()
+            .skip_while(|l| *l != "```toml")
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .collect::<Vec<_>>()
+            .join("\n");
+        let lock = Lockfile::parse(&format!("version = 1\n{block}"), Path::new("README")).unwrap();
+        let doc = Lockfile::parse(&doc_example(), Path::new("doc")).unwrap();
+        assert_eq!(lock.base_images, doc.base_images);
+    }
+
+    #[test]
+    fn base_image_digests_are_checked() {
+        let text = doc_example().replace("sha256:2222", "sha256:22");
+        let e = Lockfile::parse(&text, Path::new("x")).unwrap_err();
+        assert!(matches!(e, LockError::BadImageDigest { .. }), "{e}");
     }
 }

@@ -74,6 +74,6 @@ fn run(cli: Cli) -> Result<i32> {
         Command::WheelJson(args) => cli::wheel::json(args, g),
         Command::WheelTag(args) => cli::wheel::tag(args, g),
         Command::Cipd(cmd) => cli::cipd::run(cmd),
-        Command::DockerMirror(args) => cli::docker::mirror(args, g),
+        Command::DockerMirror(args) => cli::docker::mirror(args, g, &store_dir),
     }
 }

@@ -156,6 +156,8 @@ pub enum ProjectError {
     #[error(transparent)]
     Toolchain(Box<ToolchainError>),
     #[error(transparent)]
+    BaseImage(#[from] Box<crate::base_image::BaseImageError>),
+    #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -313,7 +315,7 @@ impl Project {
                 out.push(Change::Removed(p.name.clone()));
             }
         }
-        for tc in &self.toolchains {
+        for tc in self.toolchains.iter().filter(|t| t.debian.is_some()) {
             let label = format!("toolchain {}", tc.name);
             match lock.toolchain(&tc.name) {
                 None => out.push(Change::Added(label)),
@@ -329,8 +331,39 @@ impl Project {
             }
         }
         for t in &lock.toolchains {
-            if !self.toolchains.iter().any(|tc| tc.name == t.name) {
+            if !self
+                .toolchains
+                .iter()
+                .any(|tc| tc.name == t.name && tc.debian.is_some())
+            {
                 out.push(Change::Removed(format!("toolchain {}", t.name)));
+            }
+        }
+        for tc in &self.toolchains {
+            let Some(base) = &tc.base else { continue };
+            let label = format!("base image of {}", tc.name);
+            match lock.base_image(&tc.name) {
+                None => out.push(Change::Added(label)),
+                Some(b)
+                    if b.image != base.image
+                        || b.platform != base.platform
+                        || update.contains(&tc.name) =>
+                {
+                    out.push(Change::Changed {
+                        name: label,
+                        fields: vec!["[base] section"],
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        for b in &lock.base_images {
+            if !self
+                .toolchains
+                .iter()
+                .any(|tc| tc.name == b.toolchain && tc.base.is_some())
+            {
+                out.push(Change::Removed(format!("base image of {}", b.toolchain)));
             }
         }
         out
@@ -356,6 +389,7 @@ impl Project {
         let toolchains_stale: Vec<&Toolchain> = self
             .toolchains
             .iter()
+            .filter(|tc| tc.debian.is_some())
             .filter(|tc| {
                 old.and_then(|l| l.toolchain(&tc.name)).is_none_or(|t| {
                     t.definition != toolchain_definition(tc) || update.contains(&tc.name)
@@ -413,7 +447,31 @@ impl Project {
             &mut new,
             progress,
         )?;
+        self.lock_base_images(old, update, &mut new)?;
         Ok(new)
+    }
+
+    /// Keeps current base image pins (and their mirrors) and pins new or changed ones
+    /// through their registry.
+    fn lock_base_images(
+        &self,
+        old: Option<&Lockfile>,
+        update: &[String],
+        new: &mut Lockfile,
+    ) -> Result<(), ProjectError> {
+        for tc in &self.toolchains {
+            let Some(base) = &tc.base else { continue };
+            let kept = old.and_then(|l| l.base_image(&tc.name)).filter(|b| {
+                b.image == base.image && b.platform == base.platform && !update.contains(&tc.name)
+            });
+            new.base_images.push(match kept {
+                Some(b) => b.clone(),
+                None => crate::base_image::pin(&tc.name, base).map_err(Box::new)?,
+            });
+        }
+        new.base_images
+            .sort_by(|a, b| a.toolchain.cmp(&b.toolchain));
+        Ok(())
     }
 
     /// Keeps current toolchain closures and resolves stale ones with apt, fetching
@@ -430,7 +488,7 @@ impl Project {
         progress: &(dyn Fn(&str) -> Box<dyn Progress> + Sync),
     ) -> Result<(), ProjectError> {
         let mut wanted: Vec<LockedSource> = Vec::new();
-        for tc in &self.toolchains {
+        for tc in self.toolchains.iter().filter(|t| t.debian.is_some()) {
             let locked = if stale.iter().any(|s| s.name == tc.name) {
                 let mirrors = mirrors.expect("mirrors are read when a toolchain is stale");
                 let pins = toolchain::resolve_closure(tc, mirrors)?;

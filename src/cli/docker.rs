@@ -26,10 +26,19 @@ pub struct GenerateArgs {
 
 #[derive(Debug, Args)]
 pub struct MirrorArgs {
-    /// HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:HEX
-    pub src: String,
-    /// HOST[:PORT]/REPO[:TAG]
-    pub dst: String,
+    /// HOST[:PORT]/REPO:TAG or HOST[:PORT]/REPO@sha256:HEX (without --to)
+    #[arg(required_unless_present = "to", conflicts_with = "to")]
+    pub src: Option<String>,
+    /// HOST[:PORT]/REPO[:TAG] (without --to)
+    #[arg(required_unless_present = "to", conflicts_with = "to")]
+    pub dst: Option<String>,
+    /// Copy every base image the lockfile pins to HOST[:PORT][/PREFIX] (under
+    /// PREFIX/REPO) and record the copies in the lockfile
+    #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
+    pub to: Option<String>,
+    /// With --to: only this toolchain's base image (repeatable)
+    #[arg(long = "platform", short = 'p', requires = "to")]
+    pub platforms: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -307,25 +316,31 @@ pub fn clean(g: &GlobalArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub fn mirror(args: MirrorArgs, g: &GlobalArgs) -> Result<i32> {
+pub fn mirror(args: MirrorArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
     use dockerbuild::registry::{OciOptions, Repository, parse_reference};
     use std::sync::Arc;
-    let (src_host, src_repo, reference) = parse_reference(&args.src)?;
-    let (dst_host, dst_repo, dst_ref) = parse_reference(&args.dst)?;
-    let reference =
-        reference.with_context(|| format!("`{}` names no tag or digest to copy", args.src))?;
+    if let Some(to) = &args.to {
+        return mirror_locked(to, &args.platforms, g, store_dir);
+    }
+    let (src, dst) = match (&args.src, &args.dst) {
+        (Some(s), Some(d)) => (s, d),
+        _ => bail!("docker-mirror takes SRC and DST, or --to"),
+    };
+    let (src_host, src_repo, reference) = parse_reference(src)?;
+    let (dst_host, dst_repo, dst_ref) = parse_reference(dst)?;
+    let reference = reference.with_context(|| format!("`{src}` names no tag or digest to copy"))?;
     if dst_ref.as_deref().is_some_and(|r| r.starts_with("sha256:")) {
-        bail!("`{}`: the destination takes a tag, not a digest", args.dst);
+        bail!("`{dst}`: the destination takes a tag, not a digest");
     }
     let tag = dst_ref.or_else(|| (!reference.starts_with("sha256:")).then(|| reference.clone()));
     let src = Arc::new(Repository::open(
-        &args.src,
+        src,
         &src_host,
         &src_repo,
         OciOptions::default(),
     )?);
     let dst = Arc::new(Repository::open(
-        &args.dst,
+        dst,
         &dst_host,
         &dst_repo,
         OciOptions::default(),
@@ -345,6 +360,86 @@ pub fn mirror(args: MirrorArgs, g: &GlobalArgs) -> Result<i32> {
             done.manifests, done.blobs_copied, done.bytes_copied, done.blobs_present
         ));
         println!("{}", done.digest);
+    }
+    Ok(0)
+}
+
+/// `docker-mirror --to`: copies the lockfile's base images (or the named toolchains') to
+/// a mirror by digest and records each copy in the lockfile; with --locked, a copy the
+/// lockfile does not record yet is refused before anything is copied.
+fn mirror_locked(to: &str, platforms: &[String], g: &GlobalArgs, store_dir: &Path) -> Result<i32> {
+    use dockerbuild::lock::Change;
+    use dockerbuild::project::ProjectError;
+    let c = open(g, store_dir)?;
+    let lock = ensure_locked(g, &c.project, &c.store, &c.fetcher, &[])?;
+    for p in platforms {
+        image::toolchain(&c.project, p)?;
+        if lock.base_image(p).is_none() {
+            bail!("toolchain `{p}` has no base image to mirror (it has no [base] section)");
+        }
+    }
+    let chosen: Vec<_> = lock
+        .base_images
+        .iter()
+        .filter(|b| platforms.is_empty() || platforms.contains(&b.toolchain))
+        .collect();
+    if chosen.is_empty() {
+        output::status("the lockfile pins no base images ([base] toolchains): nothing to mirror");
+    }
+    if g.locked {
+        let mut missing = Vec::new();
+        for b in &chosen {
+            if !b
+                .mirrors
+                .contains(&dockerbuild::base_image::mirror_reference(b, to)?)
+            {
+                missing.push(Change::Changed {
+                    name: format!("base image of {}", b.toolchain),
+                    fields: vec!["mirrors"],
+                });
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ProjectError::Locked {
+                path: c.project.lock_path(),
+                changes: missing,
+            }
+            .into());
+        }
+    }
+    let mut new = lock.clone();
+    let mut report = Vec::new();
+    for b in chosen {
+        let (reference, done) = dockerbuild::base_image::mirror_locked(b, to)?;
+        output::status(format!(
+            "{}: {reference} ({} manifests, {} blobs copied, {} bytes, {} already there)",
+            b.toolchain, done.manifests, done.blobs_copied, done.bytes_copied, done.blobs_present
+        ));
+        new.add_mirror(&b.toolchain, &reference);
+        // Recorded as soon as it is made, so a later failure loses no copy.
+        if c.project.write_lock(&new)? {
+            output::status(format!("wrote {}", c.project.lock_path().display()));
+        }
+        report.push(serde_json::json!({
+            "toolchain": b.toolchain,
+            "mirror": reference,
+            "digest": done.digest,
+            "manifests": done.manifests,
+            "blobs_copied": done.blobs_copied,
+            "blobs_present": done.blobs_present,
+            "bytes_copied": done.bytes_copied,
+        }));
+    }
+    if g.json {
+        output::json(&report)?;
+    } else {
+        for r in &report {
+            println!(
+                "{} {}",
+                r["toolchain"].as_str().unwrap_or_default(),
+                r["mirror"].as_str().unwrap_or_default()
+            );
+        }
     }
     Ok(0)
 }

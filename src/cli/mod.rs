@@ -156,6 +156,10 @@ pub enum Command {
     /// it lists and every blob they use are copied unchanged, so digests survive; blobs
     /// DST has are skipped. Prints the top digest. Credentials from
     /// $DOCKER_CONFIG/config.json; https unless loopback.
+    ///
+    /// With --to HOST[:PORT][/PREFIX] instead, every base image the lockfile pins (or
+    /// those of --platform) is copied under PREFIX/REPO and the copy recorded in the
+    /// lockfile, where image generation tries it before upstream.
     DockerMirror(docker::MirrorArgs),
 }
 

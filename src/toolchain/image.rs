@@ -117,7 +117,9 @@ pub fn write_image_archive(
             created,
             created_by: format!(
                 "dockerbuild: toolchain {} ({}, Debian {})",
-                tc.name, tc.cross_triple, tc.debian.suite
+                tc.name,
+                tc.cross_triple,
+                tc.debian()?.suite
             ),
         }],
         os: "linux",
@@ -127,18 +129,282 @@ pub fn write_image_archive(
         },
     };
     let config_bytes = serde_json::to_vec(&config).expect("config serializes");
-    let config_hex = hex::encode(Sha256::digest(&config_bytes));
+    let layer_path = layer_file.path().to_owned();
+    let (id, repo_tag) = write_docker_archive(
+        tmp(".dockerbuild-image-")?,
+        out,
+        &tc.name,
+        &config_bytes,
+        &[(layer_hex, &layer_path)],
+        epoch,
+    )?;
+    Ok(ImageInfo {
+        id,
+        diff_id,
+        layer_size,
+        repo_tag,
+        dropped,
+    })
+}
+
+/// Writes the image of a `[base]` toolchain to `out` (replaced atomically): the base
+/// image's layers as served (`docker load` takes them compressed; the base config's
+/// `diff_ids` name them uncompressed), then one layer of ours with the CMake toolchain
+/// file, `tc.files` and the `overlays` (directories copied to their destinations). The
+/// config is the base's with the toolchain's `env` merged in, our labels, our layer's
+/// diff id and a history line added. The same inputs give the same bytes.
+pub fn write_base_image_archive(
+    base_config: &[u8],
+    base_layers: &[PathBuf],
+    tc: &Toolchain,
+    overlays: &[(PathBuf, String)],
+    out: &Path,
+    epoch: u64,
+) -> Result<ImageInfo> {
+    let bad = |reason: String| ToolchainError::Resolve {
+        toolchain: tc.name.clone(),
+        reason: format!("its base image config {reason}"),
+    };
+    let mut config: serde_json::Value =
+        serde_json::from_slice(base_config).map_err(|e| bad(format!("is not JSON: {e}")))?;
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = |what| {
+        tempfile::Builder::new()
+            .prefix(what)
+            .tempfile_in(&out_dir)
+            .map_err(ToolchainError::io("create a temporary file in", &out_dir))
+    };
+
+    let obj = config
+        .as_object_mut()
+        .ok_or_else(|| bad("is not an object".into()))?;
+    let run = obj
+        .entry("config")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+        .ok_or_else(|| bad("has a `config` that is not an object".into()))?;
+    // The toolchain's variables replace the base's of the same name; the others stay.
+    let mut env: Vec<String> = run
+        .get("Env")
+        .and_then(|e| e.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    env.retain(|kv| {
+        !tc.env
+            .contains_key(kv.split('=').next().unwrap_or_default())
+    });
+    env.extend(tc.env.iter().map(|(k, v)| format!("{k}={v}")));
+    let merged: BTreeMap<String, String> = env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    run.insert("Env".into(), env.into());
+
+    let layer_file = tmp(".dockerbuild-layer-")?;
+    let mut hw = HashingWriter::new(BufWriter::new(layer_file.as_file()));
+    let cmake = tc.cmake_toolchain_in(&merged);
+    write_own_layer(tc, &cmake, overlays, &mut hw, epoch)?;
+    let (layer_hex, layer_size) = hw
+        .finish()
+        .map_err(ToolchainError::io("write", layer_file.path()))?;
+    let diff_id = format!("sha256:{layer_hex}");
+    let mut labels = crate::docker::managed_labels(crate::docker::KIND_IMAGE);
+    labels.insert(LABEL_TOOLCHAIN.to_owned(), tc.name.clone());
+    let all_labels = run.entry("Labels").or_insert_with(|| serde_json::json!({}));
+    if !all_labels.is_object() {
+        *all_labels = serde_json::json!({});
+    }
+    for (k, v) in labels {
+        all_labels[k] = v.into();
+    }
+    let created = rfc3339(epoch);
+    obj.insert("created".into(), created.clone().into());
+    let diff_ids = obj
+        .get_mut("rootfs")
+        .and_then(|r| r.get_mut("diff_ids"))
+        .and_then(|d| d.as_array_mut())
+        .ok_or_else(|| bad("has no rootfs.diff_ids".into()))?;
+    if diff_ids.len() != base_layers.len() {
+        return Err(bad(format!(
+            "names {} layers, its manifest {}",
+            diff_ids.len(),
+            base_layers.len()
+        )));
+    }
+    diff_ids.push(diff_id.clone().into());
+    let history = obj
+        .entry("history")
+        .or_insert_with(|| serde_json::json!([]));
+    if let Some(h) = history.as_array_mut() {
+        h.push(serde_json::json!({
+            "created": created,
+            "created_by": format!("dockerbuild: toolchain {} ({})", tc.name, tc.cross_triple),
+        }));
+    }
+    let config_bytes = serde_json::to_vec(&config).expect("config serializes");
+
+    let mut layers = Vec::new();
+    for p in base_layers {
+        let f = std::fs::File::open(p).map_err(ToolchainError::io("open", p))?;
+        let mut hw = HashingWriter::new(std::io::sink());
+        std::io::copy(&mut BufReader::new(f), &mut hw).map_err(ToolchainError::io("read", p))?;
+        let (hex, _) = hw.finish().map_err(ToolchainError::io("read", p))?;
+        layers.push((hex, p.as_path()));
+    }
+    let own = layer_file.path().to_owned();
+    layers.push((layer_hex, &own));
+    let (id, repo_tag) = write_docker_archive(
+        tmp(".dockerbuild-image-")?,
+        out,
+        &tc.name,
+        &config_bytes,
+        &layers,
+        epoch,
+    )?;
+    Ok(ImageInfo {
+        id,
+        diff_id,
+        layer_size,
+        repo_tag,
+        dropped: Vec::new(),
+    })
+}
+
+/// What our layer on a base image holds, by path (relative, sorted).
+enum Own {
+    Dir(u32),
+    Bytes(Vec<u8>, u32),
+    File(PathBuf, u32),
+    Symlink(PathBuf),
+}
+
+/// The layer a `[base]` toolchain adds: the CMake toolchain file (`cmake`), `tc.files`
+/// (executable) and the overlays, owned by root, dated `epoch`, sorted; the parent
+/// directories of each are included (mode 0755).
+fn write_own_layer(
+    tc: &Toolchain,
+    cmake: &str,
+    overlays: &[(PathBuf, String)],
+    out: &mut dyn Write,
+    epoch: u64,
+) -> Result<()> {
+    let mut items: BTreeMap<PathBuf, Own> = BTreeMap::new();
+    let rel = |abs: &str| PathBuf::from(abs.trim_start_matches('/'));
+    items.insert(
+        rel(super::CMAKE_TOOLCHAIN_PATH),
+        Own::Bytes(cmake.as_bytes().to_vec(), 0o644),
+    );
+    for (path, text) in &tc.files {
+        items.insert(rel(path), Own::Bytes(text.clone().into_bytes(), 0o755));
+    }
+    for (dir, to) in overlays {
+        add_tree(dir, &rel(to), &mut items)?;
+    }
+    let parents: Vec<PathBuf> = items
+        .keys()
+        .flat_map(|p| p.ancestors().skip(1).map(Path::to_owned))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    for p in parents {
+        items.entry(p).or_insert(Own::Dir(0o755));
+    }
+    let mut b = tar::Builder::new(out);
+    let werr = |e: std::io::Error| ToolchainError::Resolve {
+        toolchain: tc.name.clone(),
+        reason: format!("cannot write its layer: {e}"),
+    };
+    for (path, item) in &items {
+        let mut h = Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(epoch);
+        h.set_size(0);
+        match item {
+            Own::Dir(mode) => {
+                h.set_entry_type(EntryType::Directory);
+                h.set_mode(*mode);
+                b.append_data(&mut h, path, std::io::empty())
+                    .map_err(werr)?;
+            }
+            Own::Bytes(bytes, mode) => {
+                h.set_entry_type(EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(bytes.len() as u64);
+                b.append_data(&mut h, path, &bytes[..]).map_err(werr)?;
+            }
+            Own::File(src, mode) => {
+                let f = std::fs::File::open(src).map_err(ToolchainError::io("open", src))?;
+                let len = f.metadata().map_err(ToolchainError::io("read", src))?.len();
+                h.set_entry_type(EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(len);
+                b.append_data(&mut h, path, BufReader::new(f))
+                    .map_err(werr)?;
+            }
+            Own::Symlink(target) => {
+                h.set_entry_type(EntryType::Symlink);
+                h.set_mode(0o777);
+                b.append_link(&mut h, path, target).map_err(werr)?;
+            }
+        }
+    }
+    b.into_inner().map_err(werr)?.flush().map_err(werr)
+}
+
+/// Adds the tree at `dir` under `to`: directories, regular files (their permission bits
+/// kept) and symlinks.
+fn add_tree(dir: &Path, to: &Path, items: &mut BTreeMap<PathBuf, Own>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(ToolchainError::io("read", dir))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.file_type().is_symlink() {
+        let t = std::fs::read_link(dir).map_err(ToolchainError::io("read", dir))?;
+        items.insert(to.to_owned(), Own::Symlink(t));
+    } else if meta.is_dir() {
+        items.insert(to.to_owned(), Own::Dir(mode));
+        for e in std::fs::read_dir(dir).map_err(ToolchainError::io("read", dir))? {
+            let e = e.map_err(ToolchainError::io("read", dir))?;
+            add_tree(&e.path(), &to.join(e.file_name()), items)?;
+        }
+    } else if meta.is_file() {
+        items.insert(to.to_owned(), Own::File(dir.to_owned(), mode));
+    }
+    Ok(())
+}
+
+/// Writes a `docker load` archive of `config` and `layers` (each its file's SHA-256 hex
+/// and path) into `archive`, then moves it to `out`. Returns the image id and the tag it
+/// carries.
+fn write_docker_archive(
+    archive: tempfile::NamedTempFile,
+    out: &Path,
+    name: &str,
+    config_bytes: &[u8],
+    layers: &[(String, &Path)],
+    epoch: u64,
+) -> Result<(String, String)> {
+    let config_hex = hex::encode(Sha256::digest(config_bytes));
     let id = format!("sha256:{config_hex}");
-    let repo_tag = format!("dockerbuild/{}:{}", tc.name, &config_hex[..12]);
+    let repo_tag = format!("dockerbuild/{name}:{}", &config_hex[..12]);
     let manifest = serde_json::to_vec(&[Manifest {
         config: format!("blobs/sha256/{config_hex}"),
         repo_tags: vec![repo_tag.clone()],
-        layers: vec![format!("blobs/sha256/{layer_hex}")],
+        layers: layers
+            .iter()
+            .map(|(hex, _)| format!("blobs/sha256/{hex}"))
+            .collect(),
     }])
     .expect("manifest serializes");
 
-    // The archive, entries sorted by name.
-    let archive = tmp(".dockerbuild-image-")?;
+    // The archive, entries sorted by name; a layer listed twice is stored once.
     let mut b = tar::Builder::new(BufWriter::new(archive.as_file()));
     let head = |kind: EntryType, mode: u32, size: u64| {
         let mut h = Header::new_gnu();
@@ -150,11 +416,10 @@ pub fn write_image_archive(
         h.set_size(size);
         h
     };
-    let mut blobs: Vec<(String, Blob)> = vec![
-        (config_hex.clone(), Blob::Bytes(&config_bytes)),
-        (layer_hex.clone(), Blob::File(layer_file.path())),
-    ];
+    let mut blobs: Vec<(String, Blob)> = vec![(config_hex.clone(), Blob::Bytes(config_bytes))];
+    blobs.extend(layers.iter().map(|(hex, p)| (hex.clone(), Blob::File(p))));
     blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    blobs.dedup_by(|a, b| a.0 == b.0);
     (|| -> std::io::Result<()> {
         for d in ["blobs/", "blobs/sha256/"] {
             b.append_data(
@@ -197,13 +462,7 @@ pub fn write_image_archive(
     archive
         .persist(out)
         .map_err(|e| ToolchainError::io("write", out)(e.error))?;
-    Ok(ImageInfo {
-        id,
-        diff_id,
-        layer_size,
-        repo_tag,
-        dropped,
-    })
+    Ok((id, repo_tag))
 }
 
 enum Blob<'a> {
@@ -512,6 +771,126 @@ fn lossy(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A base image's archive: the same inputs give the same bytes; the config keeps the
+    /// base's fields, merges `env`, appends our layer's diff id and history; our layer
+    /// holds the CMake file, `files` and overlays with their parents.
+    #[test]
+    fn base_image_archives_are_deterministic_and_extend_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let tc = Toolchain::parse(
+            r##"
+            name = "dockcross-arm64"
+            cross_triple = "aarch64-linux-gnu"
+            wheel_tags = ["linux_aarch64"]
+            cipd_platform = "linux-arm64"
+            [base]
+            image = "dockcross/linux-arm64:1"
+            [files]
+            "/usr/local/bin/w" = "#!/bin/sh\n"
+            [env]
+            CC = "/usr/xcc/bin/cc"
+            "##,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let base_layer = dir.path().join("layer");
+        std::fs::write(&base_layer, b"not looked into").unwrap();
+        let base_config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/xcc/bin:/bin","CC=gcc","CXX=/usr/xcc/bin/c++"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:00"]},"history":[{"created_by":"base"}]}"#;
+        let overlay = dir.path().join("overlay");
+        std::fs::create_dir_all(overlay.join("bin")).unwrap();
+        std::fs::write(overlay.join("bin/zig"), b"zig").unwrap();
+        let overlays = [(overlay, "/opt/zig".to_owned())];
+        let write = |name: &str| {
+            let out = dir.path().join(name);
+            let info = write_base_image_archive(
+                base_config,
+                std::slice::from_ref(&base_layer),
+                &tc,
+                &overlays,
+                &out,
+                7,
+            )
+            .unwrap();
+            (info, std::fs::read(&out).unwrap())
+        };
+        let (a, bytes_a) = write("a.tar");
+        let (b, bytes_b) = write("b.tar");
+        assert_eq!(a, b);
+        assert_eq!(bytes_a, bytes_b, "byte-identical archives");
+
+        let mut ar = tar::Archive::new(&bytes_a[..]);
+        let mut files = BTreeMap::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut v = Vec::new();
+            e.read_to_end(&mut v).unwrap();
+            files.insert(e.path().unwrap().to_string_lossy().into_owned(), v);
+        }
+        let hex = a.id.trim_start_matches("sha256:");
+        let config: serde_json::Value =
+            serde_json::from_slice(&files[&format!("blobs/sha256/{hex}")]).unwrap();
+        assert_eq!(
+            config["config"]["Env"],
+            serde_json::json!([
+                "PATH=/usr/xcc/bin:/bin",
+                "CXX=/usr/xcc/bin/c++",
+                "CC=/usr/xcc/bin/cc"
+            ])
+        );
+        assert_eq!(config["config"]["Cmd"], serde_json::json!(["/bin/sh"]));
+        assert_eq!(
+            config["config"]["Labels"][LABEL_TOOLCHAIN],
+            "dockcross-arm64"
+        );
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            serde_json::json!(["sha256:00", a.diff_id])
+        );
+        assert_eq!(config["history"].as_array().unwrap().len(), 2);
+        let own = &files[&format!("blobs/sha256/{}", a.diff_id.trim_start_matches("sha256:"))];
+        let mut names = Vec::new();
+        let mut cmake = String::new();
+        for e in tar::Archive::new(&own[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().ends_with("toolchain.cmake") {
+                e.read_to_string(&mut cmake).unwrap();
+            }
+            assert_eq!(
+                (e.header().uid().unwrap(), e.header().mtime().unwrap()),
+                (0, 7)
+            );
+            names.push(e.path().unwrap().to_string_lossy().into_owned());
+        }
+        for want in [
+            "usr/lib/dockerbuild/toolchain.cmake",
+            "usr/local/bin/w",
+            "opt/zig/bin/zig",
+            "opt",
+        ] {
+            assert!(
+                names.iter().any(|n| n.trim_end_matches('/') == want),
+                "{want}: {names:?}"
+            );
+        }
+        // The compilers the image has: the toolchain's CC, the base's CXX.
+        assert!(
+            cmake.contains("set(CMAKE_C_COMPILER /usr/xcc/bin/cc)"),
+            "{cmake}"
+        );
+        assert!(
+            cmake.contains("set(CMAKE_CXX_COMPILER /usr/xcc/bin/c++)"),
+            "{cmake}"
+        );
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "sorted");
+
+        // A config whose layers do not match the manifest's is refused.
+        let e = write_base_image_archive(base_config, &[], &tc, &[], &dir.path().join("c.tar"), 7)
+            .unwrap_err();
+        assert!(e.to_string().contains("names 1 layers"), "{e}");
+    }
 
     #[test]
     fn paths_normalize() {

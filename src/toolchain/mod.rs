@@ -18,6 +18,10 @@
 //!    filesystem normalized: sorted, fixed times, numeric owners) and a config carrying the
 //!    toolchain's environment and labels. Its id is the SHA-256 of the config.
 //!
+//! A toolchain with `[base]` instead of `[debian]` is built on an upstream image pinned
+//! by digest ([`crate::base_image`]): [`write_base_image_archive`] keeps its layers and
+//! adds one of ours.
+//!
 //! The CMake toolchain file ([`Toolchain::cmake_toolchain`]) is generated from the
 //! definition and written into the root filesystem at [`CMAKE_TOOLCHAIN_PATH`].
 
@@ -32,7 +36,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use image::{
-    ImageInfo, LABEL_MANAGED, LABEL_TOOLCHAIN, docker_architecture, write_image_archive,
+    ImageInfo, LABEL_MANAGED, LABEL_TOOLCHAIN, docker_architecture, write_base_image_archive,
+    write_image_archive,
 };
 pub use resolve::{DebPin, base_packages, resolve_closure, suites};
 pub use rootfs::build_rootfs;
@@ -61,7 +66,14 @@ pub struct Toolchain {
     /// (`qemu-aarch64`); none when the target runs natively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu: Option<String>,
-    pub debian: DebianRootfs,
+    /// The root filesystem built from pinned Debian packages; exactly one of `debian` and
+    /// `base` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<DebianRootfs>,
+    /// An upstream image (a dockcross one) the image is built on, pinned by digest in the
+    /// lockfile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseImage>,
     /// Pinned sources unpacked into the root filesystem (a compiler that is not a Debian
     /// package, such as zig from PyPI's `ziglang` wheel).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -107,6 +119,50 @@ pub struct DebianRootfs {
     /// tests, may do without it when a mirror's security index is unusable.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub security: bool,
+}
+
+/// An upstream image a toolchain's image is built on: its layers unchanged, plus one
+/// layer of ours (the CMake toolchain file, `files`, `unpack`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseImage {
+    /// `REPO:TAG` (`dockcross/linux-arm64:20240104-1a2b3c4`), fetched from the registry
+    /// `DOCKERBUILD_BASE_REGISTRY` names, or `HOST[:PORT]/REPO:TAG`. `dockerbuild lock`
+    /// pins the tag to a digest.
+    pub image: String,
+    /// The platform picked from a multi-platform index, `os/architecture[/variant]`.
+    /// Default `linux/amd64`, not the host's: a lockfile must not depend on the machine
+    /// that wrote it, and builds run x86-64 images.
+    #[serde(
+        default = "default_platform",
+        skip_serializing_if = "is_default_platform"
+    )]
+    pub platform: String,
+}
+
+/// The platform a base image is taken for unless its toolchain names one.
+pub const DEFAULT_BASE_PLATFORM: &str = "linux/amd64";
+
+fn default_platform() -> String {
+    DEFAULT_BASE_PLATFORM.to_owned()
+}
+
+fn is_default_platform(p: &str) -> bool {
+    p == DEFAULT_BASE_PLATFORM
+}
+
+impl BaseImage {
+    /// The dpkg architecture of the platform's (`linux/arm64` → `arm64`), for the
+    /// architectures an image can have.
+    pub fn dpkg_arch(&self) -> Option<&'static str> {
+        Some(match self.platform.as_str() {
+            "linux/amd64" => "amd64",
+            "linux/arm64" | "linux/arm64/v8" => "arm64",
+            "linux/386" => "i386",
+            "linux/arm/v7" => "armhf",
+            _ => return None,
+        })
+    }
 }
 
 fn yes() -> bool {
@@ -281,7 +337,22 @@ impl Toolchain {
                 "qemu `{q}` is not an emulator name like `qemu-aarch64`"
             ));
         }
-        let d = &self.debian;
+        let d = match (&self.debian, &self.base) {
+            (Some(d), None) => d,
+            (None, Some(b)) => return self.validate_base(b),
+            (Some(_), Some(_)) => {
+                return Err(
+                    "it has both [debian] and [base]; an image is built from one of them"
+                        .to_owned(),
+                );
+            }
+            (None, None) => {
+                return Err(
+                    "it has neither [debian] nor [base]; name what its image is built from"
+                        .to_owned(),
+                );
+            }
+        };
         if !word(&d.suite, b"-") {
             return Err(format!("debian.suite `{}` is not a suite name", d.suite));
         }
@@ -324,6 +395,31 @@ impl Toolchain {
                 ));
             }
         }
+        self.validate_common()
+    }
+
+    fn validate_base(&self, b: &BaseImage) -> std::result::Result<(), String> {
+        let reference = b
+            .image
+            .rsplit_once('/')
+            .map_or(b.image.as_str(), |(_, r)| r);
+        if !reference.contains(':') && !reference.contains('@') {
+            return Err(format!(
+                "base.image `{}` names no tag; write REPO:TAG (the lockfile pins it by digest)",
+                b.image
+            ));
+        }
+        if b.dpkg_arch().is_none() {
+            return Err(format!(
+                "base.platform `{}` must be linux/amd64, linux/arm64, linux/386 or linux/arm/v7",
+                b.platform
+            ));
+        }
+        self.validate_common()
+    }
+
+    /// What every toolchain is checked for, whatever its image is built from.
+    fn validate_common(&self) -> std::result::Result<(), String> {
         let plain_abs = |p: &str| {
             p.starts_with('/')
                 && p.len() > 1
@@ -380,15 +476,30 @@ impl Toolchain {
         self.host_arch() != "amd64"
     }
 
-    /// The image's own dpkg architecture (the first listed).
+    /// The image's own dpkg architecture (the first listed, or the base image's).
     pub fn host_arch(&self) -> &str {
-        &self.debian.architectures[0]
+        match (&self.debian, &self.base) {
+            (Some(d), _) => &d.architectures[0],
+            (None, Some(b)) => b.dpkg_arch().expect("validated"),
+            (None, None) => unreachable!("validated: [debian] or [base]"),
+        }
     }
 
     /// The target's dpkg architecture when its libraries come as multiarch packages (the
     /// last listed); the image's own otherwise.
     pub fn target_arch(&self) -> &str {
-        self.debian.architectures.last().expect("validated")
+        match &self.debian {
+            Some(d) => d.architectures.last().expect("validated"),
+            None => self.host_arch(),
+        }
+    }
+
+    /// The `[debian]` section, for the steps that build a root filesystem from it.
+    pub fn debian(&self) -> Result<&DebianRootfs> {
+        self.debian.as_ref().ok_or_else(|| ToolchainError::Resolve {
+            toolchain: self.name.clone(),
+            reason: "it has no [debian] section (its image is built on [base])".to_owned(),
+        })
     }
 
     /// Whether the target differs from the image's own machine: its triple is not the
@@ -401,14 +512,16 @@ impl Toolchain {
     /// in `/usr/lib/<triple>`), rather than Debian's `-cross` packages (`libc6-dev-armhf-cross`,
     /// architecture `all`, in `/usr/<triple>`) which need no foreign-architecture index.
     pub fn is_multiarch(&self) -> bool {
-        self.debian.architectures.len() > 1
+        self.debian
+            .as_ref()
+            .is_some_and(|d| d.architectures.len() > 1)
     }
 
     /// The environment of the image, `PATH` first then `env` sorted by name, as
-    /// `NAME=VALUE`.
+    /// `NAME=VALUE`. On a base image, only `env`: the rest (its `PATH` too) is the base's.
     pub fn image_env(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(self.env.len() + 1);
-        if !self.env.contains_key("PATH") {
+        if self.base.is_none() && !self.env.contains_key("PATH") {
             out.push(format!("PATH={DEFAULT_PATH}"));
         }
         out.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -416,9 +529,8 @@ impl Toolchain {
     }
 
     /// A tool of the target: `env[var]` when set, else `/usr/bin/<triple>-<tool>`.
-    fn tool(&self, var: &str, tool: &str) -> String {
-        self.env
-            .get(var)
+    fn tool(&self, env: &BTreeMap<String, String>, var: &str, tool: &str) -> String {
+        env.get(var)
             .cloned()
             .unwrap_or_else(|| format!("/usr/bin/{}-{tool}", self.cross_triple))
     }
@@ -426,6 +538,12 @@ impl Toolchain {
     /// The CMake toolchain file written at [`CMAKE_TOOLCHAIN_PATH`]: the compilers, and
     /// for a cross target the system, processor and Debian multiarch library directory.
     pub fn cmake_toolchain(&self) -> String {
+        self.cmake_toolchain_in(&self.env)
+    }
+
+    /// [`Self::cmake_toolchain`] for an image whose environment is `env` (on a base image,
+    /// the base's merged with the toolchain's: dockcross names its compilers in `CC`).
+    pub fn cmake_toolchain_in(&self, env: &BTreeMap<String, String>) -> String {
         let mut s = format!(
             "# Generated by dockerbuild for toolchain `{}` ({}). Do not edit.\n",
             self.name, self.cross_triple
@@ -435,9 +553,9 @@ impl Toolchain {
             s += "set(CMAKE_SYSTEM_NAME Linux)\n";
             s += &format!("set(CMAKE_SYSTEM_PROCESSOR {processor})\n");
         }
-        s += &format!("set(CMAKE_C_COMPILER {})\n", self.tool("CC", "gcc"));
-        s += &format!("set(CMAKE_CXX_COMPILER {})\n", self.tool("CXX", "g++"));
-        if let Some(pc) = self.env.get("PKG_CONFIG") {
+        s += &format!("set(CMAKE_C_COMPILER {})\n", self.tool(env, "CC", "gcc"));
+        s += &format!("set(CMAKE_CXX_COMPILER {})\n", self.tool(env, "CXX", "g++"));
+        if let Some(pc) = env.get("PKG_CONFIG") {
             s += &format!("set(PKG_CONFIG_EXECUTABLE {pc} CACHE FILEPATH \"pkg-config\")\n");
         }
         if self.is_cross() && self.is_multiarch() {
@@ -619,8 +737,46 @@ mod tests {
             let e = t.validate().unwrap_err();
             assert!(e.contains(what), "{e}");
         };
-        bad(&|t| t.debian.packages.push("x:armhf".into()), "armhf");
-        bad(&|t| t.debian.architectures.push("amd64".into()), "twice");
+        bad(
+            &|t| t.debian.as_mut().unwrap().packages.push("x:armhf".into()),
+            "armhf",
+        );
+        bad(
+            &|t| {
+                t.debian
+                    .as_mut()
+                    .unwrap()
+                    .architectures
+                    .push("amd64".into())
+            },
+            "twice",
+        );
+        let base = BaseImage {
+            image: "dockcross/linux-arm64:1".into(),
+            platform: DEFAULT_BASE_PLATFORM.into(),
+        };
+        bad(&|t| t.base = Some(base.clone()), "both [debian] and [base]");
+        bad(&|t| t.debian = None, "neither [debian] nor [base]");
+        bad(
+            &|t| {
+                t.debian = None;
+                t.base = Some(BaseImage {
+                    image: "dockcross/linux-arm64".into(),
+                    ..base.clone()
+                })
+            },
+            "names no tag",
+        );
+        bad(
+            &|t| {
+                t.debian = None;
+                t.base = Some(BaseImage {
+                    platform: "linux/s390x".into(),
+                    ..base.clone()
+                })
+            },
+            "base.platform",
+        );
         bad(&|t| t.wheel_tags.clear(), "wheel_tags");
         bad(&|t| t.cross_triple = "aarch64".into(), "triple");
         bad(&|t| drop(t.env.insert("A B".into(), "x".into())), "A B");

@@ -83,9 +83,12 @@ impl DebPin {
 /// The suites a toolchain's packages come from, preferred first: the release, its
 /// `-updates` and its `-security` suite (unless the toolchain opts out of it).
 pub fn suites(tc: &Toolchain) -> Vec<String> {
-    let s = &tc.debian.suite;
+    let Some(d) = &tc.debian else {
+        return Vec::new();
+    };
+    let s = &d.suite;
     let mut v = vec![s.clone(), format!("{s}-updates")];
-    if tc.debian.security {
+    if d.security {
         v.push(format!("{s}-security"));
     }
     v
@@ -384,7 +387,7 @@ impl AptRoot {
         write("etc/apt/sources.list.d/dockerbuild.sources", &sources)?;
 
         let archs: String = tc
-            .debian
+            .debian()?
             .architectures
             .iter()
             .map(|a| format!("\"{a}\"; "))
@@ -451,7 +454,7 @@ impl AptRoot {
             "--print-uris",
         ])
         .args(base_packages(tc))
-        .args(&tc.debian.packages);
+        .args(&tc.debian()?.packages);
         let out = run(&mut c)?;
         let text = String::from_utf8_lossy(&out);
         let mut chosen = Vec::new();

@@ -49,6 +49,7 @@ pub fn build_rootfs(
     out_tar: &Path,
     epoch: u64,
 ) -> Result<()> {
+    let d = tc.debian()?;
     if !rustix::process::geteuid().is_root() {
         return Err(ToolchainError::NotRoot);
     }
@@ -61,13 +62,7 @@ pub fn build_rootfs(
             &std::env::temp_dir(),
         ))?;
     let repo = tmp.path().join("repo");
-    deb::write_repo(
-        &repo,
-        &tc.debian.suite,
-        &tc.debian.architectures,
-        debs,
-        epoch,
-    )?;
+    deb::write_repo(&repo, &d.suite, &d.architectures, debs, epoch)?;
     let cmake = tmp.path().join("toolchain.cmake");
     std::fs::write(&cmake, tc.cmake_toolchain()).map_err(ToolchainError::io("write", &cmake))?;
     let mut copies: Vec<(PathBuf, String)> = overlays.to_vec();
@@ -101,7 +96,7 @@ pub fn build_rootfs(
     let mirror = format!(
         "deb [trusted=yes] copy://{} {} main",
         repo.display(),
-        tc.debian.suite
+        d.suite
     );
     let mut cmd = Command::new("mmdebstrap");
     cmd.env_clear()
@@ -118,15 +113,12 @@ pub fn build_rootfs(
     cmd.arg("--mode=root")
         .arg("--variant=essential")
         .arg("--format=tar")
-        .arg(format!(
-            "--architectures={}",
-            tc.debian.architectures.join(",")
-        ))
+        .arg(format!("--architectures={}", d.architectures.join(",")))
         .arg(format!("--include={}", include.join(",")))
         .args(DPKG_OPTIONS.iter().map(|o| format!("--dpkgopt={o}")))
         .arg(format!("--hook-dir={MERGED_USR_HOOK}"))
         .arg(format!("--customize-hook={hook}"))
-        .arg(&tc.debian.suite)
+        .arg(&d.suite)
         .arg(&partial)
         .arg(&mirror)
         .stdin(Stdio::null())
