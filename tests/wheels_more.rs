@@ -26,10 +26,7 @@ fn the_readme_worked_example_is_the_pyyaml_spec() {
     assert_eq!(example, checked_in);
     assert_eq!(checked_in.libraries, ["libyaml"]);
     assert!(
-        checked_in
-            .host
-            .iter()
-            .any(|d| d.name() == "cython"),
+        checked_in.host.iter().any(|d| d.name() == "cython"),
         "Cython runs at build time"
     );
 }
