@@ -46,7 +46,7 @@ if [ "${1:-}" != --no-matrix ]; then
     2>"$work/matrix.log" || tail -n 20 "$work/matrix.log"
   echo "matrix: $(echo "$(date +%s.%N) - $s" | bc)s"
   sleep 1; kill "$events"
-  # Per spec: wheels built (or already there) and failed, with each failure's last line, and
+  # Per spec: wheels built (or already there) and failed, with each failure's first error, and
   # the seconds its build containers ran (Docker events by build key).
   python3 - "$work/matrix.json" "$work/events" <<'PY'
 import collections, json, sys
@@ -63,7 +63,9 @@ for w in report["wheels"]:
     s = specs[w.get("spec", w["label"])]
     s["secs"] += secs.get((w.get("key") or "").removeprefix("blake3:"), 0.0)
     if w["status"] in ("failed", "skipped"):
-        why = (w.get("error") or "needs " + w.get("needs", "?")).strip().splitlines()[-1]
+        lines = (w.get("error") or "needs " + w.get("needs", "?")).strip().splitlines()
+        # The compiler's own message, if there is one, else the last line.
+        why = next((l for l in lines if "error:" in l and "failed with" not in l), lines[-1])
         s["failed"].append(f'{w.get("platform")} {w.get("python") or ""}: {why[:120]}')
     else:
         s["ok"] += 1
