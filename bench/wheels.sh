@@ -4,7 +4,8 @@
 #      already built) versus built natively in an emulated arm64 container (Debian's own
 #      gcc and Python under QEMU, cibuildwheel's approach, the same sdist): target >= 10x.
 #   2. the whole matrix (`wheel-build`, every default spec, platform and Python), built
-#      from whatever the store lacks, with its log.
+#      from whatever the store lacks: its wall time, then per spec the wheels built and
+#      failed (with why) and the seconds its build containers ran.
 #   3. a no-op `wheel-build` of the whole matrix: wall time next to `dockerbuild --version`,
 #      containers started (Docker events by label: 0), under `unshare -n` (no network).
 # Usage: bench/wheels.sh [psutil] [matrix] [noop]   (default: all three)
@@ -41,9 +42,45 @@ fi
 if want matrix; then
   echo "== 2. the whole matrix"
   db wheel-json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)), "wheels in the matrix")'
+  # Docker's daemon keeps only its last events: record them while the matrix runs.
+  docker events --filter label=org.dockerbuild.managed=true --filter event=start \
+    --filter event=die \
+    --format '{{.TimeNano}} {{.Action}} {{index .Actor.Attributes "org.dockerbuild.build-key"}}' \
+    >"$work/events" &
+  events=$!
   s=$(date +%s.%N)
-  "$bin" --store "$store" --locked wheel-build -o "$work/dist" 2>&1 | tail -n 60 || true
+  "$bin" --store "$store" --locked --json wheel-build -o "$work/dist" >"$work/matrix.json" \
+    2>"$work/matrix.log" || tail -n 20 "$work/matrix.log"
   echo "matrix: $(echo "$(date +%s.%N) - $s" | bc)s"
+  sleep 1; kill "$events"
+  # Per spec: wheels built (or already there) and failed, with each failure's first error, and
+  # the seconds its build containers ran (Docker events by build key).
+  python3 - "$work/matrix.json" "$work/events" <<'PY'
+import collections, json, sys
+report = json.load(open(sys.argv[1]))
+start, secs = {}, collections.Counter()
+for line in open(sys.argv[2]):
+    t, action, key = (line.split() + [""])[:3]
+    if action == "start":
+        start[key] = int(t)
+    elif key in start:
+        secs[key] += (int(t) - start.pop(key)) / 1e9
+specs = collections.defaultdict(lambda: {"ok": 0, "failed": [], "secs": 0.0})
+for w in report["wheels"]:
+    s = specs[w.get("spec", w["label"])]
+    s["secs"] += secs.get((w.get("key") or "").removeprefix("blake3:"), 0.0)
+    if w["status"] in ("failed", "skipped"):
+        lines = (w.get("error") or "needs " + w.get("needs", "?")).strip().splitlines()
+        # The compiler's own message, if there is one, else the last line.
+        why = next((l for l in lines if "error:" in l and "failed with" not in l), lines[-1])
+        s["failed"].append(f'{w.get("platform")} {w.get("python") or ""}: {why[:120]}')
+    else:
+        s["ok"] += 1
+for name, s in sorted(specs.items()):
+    print(f'{name:14} {s["ok"]:3} ok {len(s["failed"]):3} failed {s["secs"]:7.1f}s in containers')
+    for f in s["failed"]:
+        print("    failed", f)
+PY
 fi
 
 if want noop; then

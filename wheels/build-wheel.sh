@@ -149,23 +149,37 @@ hooks = importlib.import_module(module)
 
 # Compile the sources of each extension in parallel (extensions stay one after another, so
 # two that share a source never race for its object file); link order is unchanged.
+# C++ sources are compiled with CXX: setuptools before 72 gives them to CC, which gcc's
+# driver copes with but zig's `cc` does not (it finds no C++ headers).
 try:
     from setuptools._distutils import ccompiler
 except ImportError:
     ccompiler = None
 if ccompiler is not None:
+    import copy
     from concurrent.futures import ThreadPoolExecutor
+
+    def for_cxx(self):
+        if getattr(self, "compiler_so_cxx", None) or not getattr(self, "compiler_cxx", None):
+            return self  # this setuptools compiles C++ with CXX itself (or knows no CXX)
+        cc = getattr(self, "linker_exe", None) or self.compiler_so[:1]
+        n = len(cc) if self.compiler_so[:len(cc)] == cc else 1
+        cxx = copy.copy(self)
+        cxx.compiler_so = list(self.compiler_cxx) + list(self.compiler_so[n:])
+        return cxx
 
     def compile_parallel(self, sources, output_dir=None, macros=None, include_dirs=None,
                          debug=0, extra_preargs=None, extra_postargs=None, depends=None):
         macros, objects, extra_postargs, pp_opts, build = self._setup_compile(
             output_dir, macros, include_dirs, sources, depends, extra_postargs)
         cc_args = self._get_cc_args(pp_opts, debug, extra_preargs)
+        cxx = for_cxx(self) if hasattr(self, "compiler_so") else self
 
         def one(obj):
             if obj in build:
                 src, ext = build[obj]
-                self._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+                compiler = cxx if ext in (".cpp", ".cc", ".cxx", ".c++", ".C") else self
+                compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
 
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             list(pool.map(one, objects))

@@ -4,6 +4,7 @@
 
 pub mod images;
 pub mod registry;
+pub mod wheels;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
