@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::images::{dockerbuild, image, ready, repo, shared_store};
+use common::images::{dockerbuild, ready, repo, shared_store};
+use common::wheels::{import_on, machine, members, wheel_build, wheel_named};
 use dockerbuild::project::Project;
 use dockerbuild::recipe;
 use dockerbuild::wheel::run::{JobKind, Plan};
@@ -204,67 +204,6 @@ fn a_spec_naming_an_unknown_source_is_refused_by_name() {
 }
 
 // ---- Real builds (Docker) ----
-
-/// `wheel-build --json` on the shared store; returns the wanted wheels' JSON.
-fn wheel_build(args: &[&str], out_dir: &Path) -> Vec<serde_json::Value> {
-    let out = dockerbuild(&shared_store(), &repo())
-        .args(["--json", "wheel-build", "-j", "2", "-o"])
-        .arg(out_dir)
-        .args(args)
-        .output()
-        .unwrap();
-    common::assert_success(&out, &format!("wheel-build {args:?}"));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["wheels"].as_array().unwrap().clone()
-}
-
-/// Every file of a wheel whose name ends with `suffix`, with its bytes.
-fn members(wheel: &Path, suffix: &str) -> Vec<(String, Vec<u8>)> {
-    let mut z = zip::ZipArchive::new(std::fs::File::open(wheel).unwrap()).unwrap();
-    let mut out = Vec::new();
-    for i in 0..z.len() {
-        let mut f = z.by_index(i).unwrap();
-        let name = f.name().unwrap().into_owned();
-        if name.ends_with(suffix) {
-            let mut b = Vec::new();
-            f.read_to_end(&mut b).unwrap();
-            out.push((name, b));
-        }
-    }
-    out
-}
-
-fn wheel_named(dir: &Path, prefix: &str) -> PathBuf {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix}* wheel in {}", dir.display()))
-}
-
-/// `e_machine` of an ELF file.
-fn machine(elf: &[u8]) -> u16 {
-    assert_eq!(&elf[..4], b"\x7fELF");
-    u16::from_le_bytes([elf[18], elf[19]])
-}
-
-/// Runs Python code in a runner image (the target's Debian userland under QEMU), with the
-/// wheels of `dir` unpacked onto its path by the target's own Python.
-fn import_on(runner: &str, dir: &Path, code: &str) -> String {
-    image(runner);
-    let script = format!(
-        "import glob, sys, zipfile\n\
-         for w in sorted(glob.glob('/work/*.whl')):\n    zipfile.ZipFile(w).extractall('/tmp/site')\n\
-         sys.path.insert(0, '/tmp/site')\n{code}\n"
-    );
-    let out = dockerbuild(&shared_store(), dir)
-        .args(["run", "-p", runner, "--", "python3", "-c", &script])
-        .output()
-        .unwrap();
-    common::assert_success(&out, &format!("import on {runner}"));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The CI proof of wheel-build: MarkupSafe and cffi (libffi from source, linked in) for
 /// arm64 and ARMv7, imported by Debian's Python 3.11 of each architecture under QEMU,
