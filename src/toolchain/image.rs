@@ -63,6 +63,19 @@ pub fn docker_architecture(dpkg_arch: &str) -> Option<(&'static str, Option<&'st
     })
 }
 
+/// A temporary file in `out`'s directory, so that the finished file can be renamed into
+/// place atomically.
+fn temp_beside(out: &Path, prefix: &str) -> Result<tempfile::NamedTempFile> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempfile_in(&dir)
+        .map_err(ToolchainError::io("create a temporary file in", &dir))
+}
+
 /// Writes the image of `tc` with the root filesystem `rootfs_tar` as its one layer to
 /// `out` (replaced atomically).
 pub fn write_image_archive(
@@ -79,16 +92,7 @@ pub fn write_image_archive(
                 tc.host_arch()
             ),
         })?;
-    let out_dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = |what| {
-        tempfile::Builder::new()
-            .prefix(what)
-            .tempfile_in(&out_dir)
-            .map_err(ToolchainError::io("create a temporary file in", &out_dir))
-    };
+    let tmp = |what| temp_beside(out, what);
 
     // The layer, hashed while written.
     let layer_file = tmp(".dockerbuild-layer-")?;
@@ -167,16 +171,7 @@ pub fn write_base_image_archive(
     };
     let mut config: serde_json::Value =
         serde_json::from_slice(base_config).map_err(|e| bad(format!("is not JSON: {e}")))?;
-    let out_dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = |what| {
-        tempfile::Builder::new()
-            .prefix(what)
-            .tempfile_in(&out_dir)
-            .map_err(ToolchainError::io("create a temporary file in", &out_dir))
-    };
+    let tmp = |what| temp_beside(out, what);
 
     let obj = config
         .as_object_mut()
