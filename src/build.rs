@@ -162,7 +162,7 @@ pub fn build(
             substituted: None,
         });
     }
-    let ran = run_container(store, engine, project, image, spec, opts, output)?;
+    let ran = build_unpublished(store, engine, project, image, spec, opts, output)?;
     let new = NewEntry {
         name: spec.name.clone(),
         kind: spec.kind,
@@ -202,21 +202,9 @@ impl Unpublished {
 }
 
 /// Runs a build again whatever the store holds, and keeps its output out of the store,
-/// so that it can be compared with the entry its key already names.
+/// so that it can be compared with the entry its key already names. [`build`] publishes
+/// what this makes.
 pub fn build_unpublished(
-    store: &LocalStore,
-    engine: &Engine,
-    project: &Project,
-    image: &Image,
-    spec: &BuildSpec,
-    opts: &BuildOptions,
-    output: &mut dyn FnMut(&[u8]),
-) -> Result<Unpublished, BuildError> {
-    run_container(store, engine, project, image, spec, opts, output)
-}
-
-/// Runs the build's container; its output is left in the returned scratch directory.
-fn run_container(
     store: &LocalStore,
     engine: &Engine,
     project: &Project,
