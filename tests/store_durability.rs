@@ -20,16 +20,22 @@ fn sigkill_at_any_moment_leaves_no_partial_entry() {
     );
     let src_s = src.to_str().unwrap();
 
-    // How long one uninterrupted add takes, in a separate store.
-    let t0 = Instant::now();
-    let out = env
-        .cmd_with_store(&env.path().join("timing"))
-        .args(["store", "add", src_s, "--name", "big"])
-        .output()
-        .unwrap();
-    common::assert_success(&out, &"timing add");
-    let full = t0.elapsed();
-    let expected = String::from_utf8(out.stdout).unwrap();
+    // How long one uninterrupted add takes, in separate stores: the faster of two, since
+    // the first also pays for reading the tree into the page cache and later adds don't.
+    let mut full = Duration::MAX;
+    let mut expected = String::new();
+    for run in 0..2 {
+        let t0 = Instant::now();
+        let out = env
+            .cmd_with_store(&env.path().join(format!("timing-{run}")))
+            .args(["store", "add", src_s, "--name", "big"])
+            .output()
+            .unwrap();
+        common::assert_success(&out, &"timing add");
+        full = full.min(t0.elapsed());
+        expected = String::from_utf8(out.stdout).unwrap();
+        std::fs::remove_dir_all(env.path().join(format!("timing-{run}"))).unwrap();
+    }
     let expected_name = std::path::Path::new(expected.trim())
         .file_name()
         .unwrap()
@@ -38,7 +44,8 @@ fn sigkill_at_any_moment_leaves_no_partial_entry() {
     const KILLS: u32 = 24;
     let (mut mid_add, mut with_debris) = (0, 0);
     for i in 0..KILLS {
-        let delay = full.mul_f64(f64::from(i) / f64::from(KILLS));
+        // Spread over the first 80% of an add: a loaded machine makes adds vary in length.
+        let delay = full.mul_f64(0.8 * f64::from(i) / f64::from(KILLS));
         let mut child = env
             .cmd()
             .args(["store", "add", src_s, "--name", "big"])

@@ -11,6 +11,7 @@
 //! `hostname`); with `SOURCE_DATE_EPOCH` set mmdebstrap removes logs and caches and packs
 //! the tree sorted, with clamped times and numeric owners.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -122,11 +123,22 @@ pub fn build_rootfs(
         .arg(&partial)
         .arg(&mirror)
         .stdin(Stdio::null())
+        // When writing the tar fails (a full disk), mmdebstrap tears down its helpers with
+        // SIGHUP to its whole process group, which would kill us and whoever ran us. Its
+        // own group keeps that inside; the parent-death signal still stops it when we die.
+        .process_group(0)
         .stdout(
             log.try_clone()
                 .map_err(ToolchainError::io("open", &log_path))?,
         )
         .stderr(log);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
     let status = cmd.status().map_err(|source| ToolchainError::Spawn {
         tool: "mmdebstrap".to_owned(),
         source,
