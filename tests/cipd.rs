@@ -1065,6 +1065,7 @@ fn wheel_build_results_are_published_under_vpython_names() {
             buildable: true,
             cross: true,
         }],
+        runners: Vec::new(),
     };
     let dir = tempfile::tempdir().unwrap();
     let result =
@@ -1089,6 +1090,7 @@ fn wheel_build_results_are_published_under_vpython_names() {
                 .collect(),
             tags: Vec::new(),
             check: None,
+            test: None,
             wanted: true,
         };
     let mut dependency = result("six", "any", None, Some("six-1.16.0-py3-none-any.whl"));

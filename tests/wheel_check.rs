@@ -1,7 +1,10 @@
-//! Reproducible wheels: `wheel-build --check` on a temporary project with two tiny
-//! C-extension sdists made here, one reproducible and one whose `setup.py` writes random
-//! bytes into a module; and one C-extension wheel built in two empty stores (their
-//! toolchain image and Python substituted from a `file://` cache) is byte-identical.
+//! Checking wheels, on a temporary project with tiny C-extension sdists made here:
+//! - reproducible: `wheel-build --check` on one reproducible sdist and one whose
+//!   `setup.py` writes random bytes into a module; one C-extension wheel built in two
+//!   empty stores (their toolchain image and Python substituted from a `file://` cache)
+//!   is byte-identical;
+//! - working: `wheel-build --test` imports each extension on the platform's runner, and
+//!   fails a wheel whose build quietly fell back to pure Python.
 
 mod common;
 
@@ -23,10 +26,14 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_c", NULL, -1, metho
 PyMODINIT_FUNC PyInit__c(void) { return PyModule_Create(&module); }
 "#;
 
-/// An sdist `NAME-1.0.tar.gz` with one C extension `NAME._c`; `noisy` makes its setup.py
-/// write random bytes into `stamp.h` (a string in the extension) and `NAME/stamp.py`.
-/// Fixed times and owners: the same bytes each run, so the same pin and build key.
-fn sdist(dir: &Path, name: &str, noisy: bool) -> PathBuf {
+/// An sdist `NAME-1.0.tar.gz` with one C extension `NAME._c`. `noisy` makes its setup.py
+/// write random bytes into `stamp.h` (a string in the extension) and `NAME/stamp.py`;
+/// `fallback` makes the extension optional and its C code fail to compile, so the wheel
+/// quietly has none. Fixed times and owners: the same bytes each run, so the same pin
+/// and build key.
+fn sdist(dir: &Path, name: &str) -> PathBuf {
+    let noisy = name == "noisy";
+    let fallback = name == "fallback";
     let stamp = if noisy {
         "import os\nSTAMP = os.urandom(8).hex()\n\
          with open(os.path.join(NAME, 'stamp.py'), 'w') as f:\n    f.write('STAMP = %r\\n' % STAMP)\n\
@@ -37,11 +44,17 @@ fn sdist(dir: &Path, name: &str, noisy: bool) -> PathBuf {
     let setup = format!(
         "from setuptools import setup, Extension\nNAME = {name:?}\n{stamp}\
          setup(name=NAME, version='1.0', packages=[NAME],\n      \
-         ext_modules=[Extension(NAME + '._c', ['c.c'])])\n"
+         ext_modules=[Extension(NAME + '._c', ['c.c'], optional={})])\n",
+        if fallback { "True" } else { "False" }
     );
+    let c = if fallback {
+        format!("#error this extension does not compile\n{C_SOURCE}")
+    } else {
+        C_SOURCE.to_owned()
+    };
     let files = [
         ("setup.py", setup),
-        ("c.c", C_SOURCE.to_owned()),
+        ("c.c", c),
         ("stamp.h", "#define STAMP \"0000000000000000\"\n".to_owned()),
         (&format!("{name}/__init__.py") as &str, String::new()),
         (
@@ -69,7 +82,8 @@ fn sdist(dir: &Path, name: &str, noisy: bool) -> PathBuf {
 }
 
 /// A project with the repository's toolchains, recipes, lockfile and build script, and
-/// only the `quiet` and `noisy` wheel specs (CPython 3.11 on linux-x64), locked.
+/// only the `quiet`, `noisy` and `fallback` wheel specs (CPython 3.11 on linux-x64),
+/// locked. `fallback` declares no `extensions`, so its build does not notice it has none.
 fn project(dir: &Path) -> PathBuf {
     let root = dir.join("project");
     for d in ["toolchains", "recipes", "lockfiles"] {
@@ -79,14 +93,17 @@ fn project(dir: &Path) -> PathBuf {
         }
     }
     std::fs::create_dir_all(root.join("wheels")).unwrap();
-    std::fs::copy(
-        repo().join("wheels/build-wheel.sh"),
-        root.join("wheels/build-wheel.sh"),
-    )
-    .unwrap();
+    for f in ["build-wheel.sh", "platforms.toml"] {
+        std::fs::copy(repo().join("wheels").join(f), root.join("wheels").join(f)).unwrap();
+    }
     let mut sources = std::fs::read_to_string(repo().join("sources.toml")).unwrap();
-    for (name, noisy) in [("quiet", false), ("noisy", true)] {
-        let s = sdist(dir, name, noisy);
+    for name in ["quiet", "noisy", "fallback"] {
+        let s = sdist(dir, name);
+        let extensions = if name == "fallback" {
+            String::new()
+        } else {
+            format!("extensions = [\"{name}._c\"]\n")
+        };
         sources.push_str(&format!(
             "\n[[source]]\nname = \"{name}\"\nversion = \"1.0\"\nurls = [\"file://{}\"]\n",
             s.display()
@@ -96,8 +113,7 @@ fn project(dir: &Path) -> PathBuf {
             format!(
                 "name = \"{name}\"\nversion = \"1.0\"\nkind = \"source\"\nsdist = \"{name}\"\n\
                  python = [\"3.11\"]\nplatforms = [\"linux-x64\"]\n\
-                 host = [\"source:setuptools\", \"source:wheel\"]\n\
-                 extensions = [\"{name}._c\"]\n"
+                 host = [\"source:setuptools\", \"source:wheel\"]\n{extensions}"
             ),
         )
         .unwrap();
@@ -259,4 +275,66 @@ fn a_c_extension_wheel_from_two_empty_stores_is_byte_identical() {
             assert!(!text.contains(&path), "{} holds {path}", m.name().unwrap());
         }
     }
+}
+
+/// `--test` installs each wheel on its runner (Debian bookworm's amd64 Python 3.11 for
+/// linux-x64) and imports its extension by dotted name; a wheel whose optional extension
+/// did not compile builds fine but fails its test, by name, and the exit status is 1.
+#[test]
+fn test_imports_extensions_on_the_runner_and_refuses_a_pure_fallback() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = project(dir.path());
+    let out = cmd(&shared_store(), &root)
+        .args(["--locked", "--json", "wheel-build", "--test"])
+        .args([
+            "-w",
+            "quiet",
+            "-w",
+            "fallback",
+            "-p",
+            "linux-x64",
+            "--python",
+            "3.11",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = report(&out);
+    let quiet = wheel_of(&v, "quiet");
+    assert!(
+        quiet["status"] == "built" || quiet["status"] == "cached",
+        "{quiet}"
+    );
+    assert_eq!(quiet["test"]["runner"], "run-x64", "{quiet}");
+    assert_eq!(
+        quiet["test"]["imported"],
+        serde_json::json!(["quiet._c"]),
+        "{quiet}"
+    );
+    assert!(quiet["test"].get("error").is_none(), "{quiet}");
+    let fallback = wheel_of(&v, "fallback");
+    assert!(
+        fallback["status"] == "built" || fallback["status"] == "cached",
+        "the build itself succeeds: {fallback}"
+    );
+    let error = fallback["test"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("fallback-1.0-cp311-cp311-linux_x86_64.whl")
+            && error.contains("fell back to pure Python"),
+        "{fallback}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("failed on their runner:")
+            && stderr.contains("fallback cp311 linux-x64 on run-x64"),
+        "{stderr}"
+    );
 }

@@ -206,9 +206,10 @@ fn a_spec_naming_an_unknown_source_is_refused_by_name() {
 // ---- Real builds (Docker) ----
 
 /// The CI proof of wheel-build: MarkupSafe and cffi (libffi from source, linked in) for
-/// arm64 and ARMv7, imported by Debian's Python 3.11 of each architecture under QEMU,
-/// each extension compiled for the target; then the same `wheel-build` again starts no
-/// container (Docker events by label) and, under `unshare -n`, needs no network.
+/// arm64 and ARMv7, imported by Debian's Python 3.11 of each architecture under QEMU
+/// (by `wheel-build --test`, each extension by its dotted name, and by a script that uses
+/// them), each extension compiled for the target; then the same `wheel-build` again
+/// starts no container (Docker events by label) and, under `unshare -n`, needs no network.
 #[test]
 fn markupsafe_and_cffi_wheels_import_on_arm64_and_armv7() {
     if !ready() {
@@ -229,8 +230,20 @@ fn markupsafe_and_cffi_wheels_import_on_arm64_and_armv7() {
         "3.11",
     ];
     let dir = tempfile::tempdir().unwrap();
-    let wheels = wheel_build(&args, dir.path());
+    let wheels = wheel_build(&[&["--test"], &args[..]].concat(), dir.path());
     assert_eq!(wheels.len(), 5, "{wheels:#?}");
+    for w in &wheels {
+        let (runner, imported) = match (w["spec"].as_str(), w["platform"].as_str()) {
+            (Some("markupsafe"), Some("linux-arm64")) => ("run-arm64", "markupsafe._speedups"),
+            (Some("markupsafe"), _) => ("run-armhf", "markupsafe._speedups"),
+            (Some("cffi"), Some("linux-arm64")) => ("run-arm64", "_cffi_backend"),
+            (Some("cffi"), _) => ("run-armhf", "_cffi_backend"),
+            _ => ("run-x64", "pycparser"), // universal: on the host platform's runner
+        };
+        assert_eq!(w["test"]["runner"], runner, "{w}");
+        assert_eq!(w["test"]["imported"], serde_json::json!([imported]), "{w}");
+        assert!(w["test"].get("error").is_none(), "{w}");
+    }
     for (platform, runner, tag, elf_machine) in [
         ("linux-arm64", "run-arm64", "linux_aarch64", 183),
         ("linux-armv7", "run-armhf", "linux_armv7l", 40),

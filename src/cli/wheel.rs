@@ -13,7 +13,7 @@ use dockerbuild::project::RECIPES;
 use dockerbuild::recipe;
 use dockerbuild::wheel::run::{self, Event, Plan};
 use dockerbuild::wheel::{CATALOGUE_FILE, Catalogue, Filter, WHEELS, catalogue};
-use dockerbuild::wheel::{publish, retag, tags};
+use dockerbuild::wheel::{publish, retag, tags, test};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
@@ -62,6 +62,11 @@ pub struct WheelBuildArgs {
     /// file, zip member and ELF section, and exit 1 if any differs (like Nix's --check)
     #[arg(long)]
     pub check: bool,
+    /// Then install each wheel into a Python of its architecture (a runner of
+    /// wheels/platforms.toml: Debian's own userland, under QEMU) and import each of its
+    /// extension modules by dotted name; a wheel built from source without one fails
+    #[arg(long)]
+    pub test: bool,
     /// Copy the wheels out to DIR under their PEP 427 names, with their true tags (a
     /// manylinux tag added where the policy holds; WHEEL and RECORD rewritten to agree)
     #[arg(long, short = 'o', value_name = "DIR")]
@@ -210,12 +215,19 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
         events: &events,
     };
     let started = std::time::Instant::now();
-    let results = run::run(&cx, &plan);
+    let mut results = run::run(&cx, &plan);
+    if args.test {
+        test_wheels(&cx, &catalogue, &plan, &mut results)?;
+    }
     super::cache::report_uploads(&c.caches, &c.store);
     let (published, publish_errors) = publish_cipd(g, &c.caches, &catalogue, &results)?;
 
     let wanted: Vec<&run::JobResult> = results.iter().filter(|r| r.wanted).collect();
     let failures: Vec<&run::JobResult> = results.iter().filter(|r| !r.status.ok()).collect();
+    let untested: Vec<&run::JobResult> = results
+        .iter()
+        .filter(|r| r.test.as_ref().is_some_and(|t| !t.ok()))
+        .collect();
     if let Some(dir) = &args.output {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the output directory `{}`", dir.display()))?;
@@ -271,16 +283,63 @@ pub fn build(args: WheelBuildArgs, g: &GlobalArgs, store_dir: &Path) -> Result<i
             eprintln!("  {}: {}", f.label, f.status.describe());
         }
     }
+    if !untested.is_empty() {
+        eprintln!("failed on their runner:");
+        for r in &untested {
+            let t = r.test.as_ref().expect("filtered");
+            let on = t
+                .runner
+                .as_deref()
+                .map(|r| format!(" on {r}"))
+                .unwrap_or_default();
+            eprintln!("  {}{on}: {}", r.label, t.error.as_deref().unwrap_or(""));
+        }
+    }
     if !publish_errors.is_empty() {
         eprintln!("not published:");
         for e in &publish_errors {
             eprintln!("  {e}");
         }
     }
-    if !failures.is_empty() || !publish_errors.is_empty() || differing > 0 {
+    if !failures.is_empty() || !publish_errors.is_empty() || differing > 0 || !untested.is_empty() {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// `--test`: imports the wanted wheels on their runners, one container per runner and
+/// platform, with a status line each; records what each found in its result.
+fn test_wheels(
+    cx: &run::Context,
+    catalogue: &Catalogue,
+    plan: &Plan,
+    results: &mut [run::JobResult],
+) -> Result<()> {
+    let (groups, untestable) = test::groups(catalogue, plan, results);
+    for (i, t) in untestable {
+        results[i].test = Some(t);
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let engine = dockerbuild::docker::Engine::connect()?;
+    for g in &groups {
+        let started = std::time::Instant::now();
+        let found = test::run_group(cx, &engine, plan, results, g);
+        let passed = found.iter().filter(|(_, t)| t.ok()).count();
+        output::status(format!(
+            "tested on {} ({} cp{}): {passed} of {} wheels imported, in {:.1}s",
+            g.runner,
+            g.platform,
+            g.python.replace('.', ""),
+            g.targets.len(),
+            started.elapsed().as_secs_f64()
+        ));
+        for (i, t) in found {
+            results[i].test = Some(t);
+        }
+    }
+    Ok(())
 }
 
 /// `wheel-tag`: what each wheel's binaries need and the tag that follows; exit 1 when a

@@ -1,7 +1,8 @@
 //! Python wheels: typed specs (`wheels/*.toml`), the platforms they are built for, the
 //! (spec, platform, Python) matrix, the `wheels.md` catalogue, and building the matrix
 //! hermetically ([`run`]); the tag a wheel's binaries allow ([`tags`]), writing wheels
-//! out under it ([`retag`]), and comparing a rebuild with the store's wheel ([`check`]).
+//! out under it ([`retag`]), comparing a rebuild with the store's wheel ([`check`]), and
+//! importing wheels on a Python of their architecture ([`test`]).
 //!
 //! Linux platforms are toolchains (`toolchains/*.toml`); mac and windows are download-only
 //! platforms (`wheels/platforms.toml`) served by prebuilt wheels.
@@ -13,6 +14,7 @@ pub mod retag;
 pub mod run;
 pub mod spec;
 pub mod tags;
+pub mod test;
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +58,8 @@ pub enum WheelError {
     },
     #[error("wheel `{spec}` depends on itself through {}", chain.join(" -> "))]
     Cycle { spec: String, chain: Vec<String> },
+    #[error("runner `{toolchain}` in wheels/platforms.toml: {reason}")]
+    Runner { toolchain: String, reason: String },
 }
 
 pub type Result<T, E = WheelError> = std::result::Result<T, E>;
@@ -90,6 +94,8 @@ impl Platform {
 struct PlatformsFile {
     #[serde(default)]
     platform: Vec<Platform>,
+    #[serde(default)]
+    runner: Vec<test::Runner>,
 }
 
 /// Every wheel spec and platform of a project.
@@ -97,6 +103,8 @@ struct PlatformsFile {
 pub struct Catalogue {
     pub specs: Vec<WheelSpec>,
     pub platforms: Vec<Platform>,
+    /// Where `wheel-build --test` imports each platform's wheels, per Python.
+    pub runners: Vec<test::Runner>,
 }
 
 impl Catalogue {
@@ -105,12 +113,29 @@ impl Catalogue {
     pub fn load(project: &Project) -> Result<Catalogue> {
         let dir = project.root.join(WHEELS);
         let specs = spec::load_all(&dir)?;
+        let path = dir.join(PLATFORMS_FILE);
+        let file: PlatformsFile = if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|source| WheelError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            toml::from_str(&text).map_err(|source| WheelError::Parse {
+                path: path.clone(),
+                source,
+            })?
+        } else {
+            PlatformsFile {
+                platform: Vec::new(),
+                runner: Vec::new(),
+            }
+        };
         // Builds run the x86-64 host Python, so only amd64 images build wheels; the
-        // others (run-arm64, ...) are runners for tests.
+        // others (run-arm64, ...), and the amd64 toolchains named as runners, are runners
+        // for tests.
         let mut platforms: Vec<Platform> = project
             .toolchains
             .iter()
-            .filter(|tc| !tc.is_runner())
+            .filter(|tc| !tc.is_runner() && !file.runner.iter().any(|r| r.toolchain == tc.name))
             .map(|tc| Platform {
                 name: tc.name.clone(),
                 wheel_tags: tc.wheel_tags.clone(),
@@ -119,25 +144,33 @@ impl Catalogue {
                 cross: tc.is_cross(),
             })
             .collect();
-        let path = dir.join(PLATFORMS_FILE);
-        if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|source| WheelError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let file: PlatformsFile =
-                toml::from_str(&text).map_err(|source| WheelError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
-            platforms.extend(file.platform);
-        }
-        let c = Catalogue { specs, platforms };
+        platforms.extend(file.platform);
+        let c = Catalogue {
+            specs,
+            platforms,
+            runners: file.runner,
+        };
         c.check(project)?;
         Ok(c)
     }
 
     fn check(&self, project: &Project) -> Result<()> {
+        for r in &self.runners {
+            let bad = |reason: String| {
+                Err(WheelError::Runner {
+                    toolchain: r.toolchain.clone(),
+                    reason,
+                })
+            };
+            if !project.toolchains.iter().any(|t| t.name == r.toolchain) {
+                return bad(format!("there is no toolchains/{}.toml", r.toolchain));
+            }
+            for p in &r.platforms {
+                if !self.platform(p).is_some_and(|p| p.buildable) {
+                    return bad(format!("`{p}` is not a platform wheels are built for"));
+                }
+            }
+        }
         let sources: std::collections::HashSet<&str> =
             project.sources.iter().map(|s| s.name.as_str()).collect();
         for s in &self.specs {

@@ -121,6 +121,9 @@ pub struct JobResult {
     /// With `--check`: whether building it again gave the same bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<super::check::Checked>,
+    /// With `--test`: what importing it on its runner found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test: Option<super::test::Tested>,
     pub wanted: bool,
 }
 
@@ -535,6 +538,7 @@ fn empty_result(job: &Job, status: Status) -> JobResult {
         wheels: Vec::new(),
         tags: Vec::new(),
         check: None,
+        test: None,
         wanted: job.wanted,
     }
 }
