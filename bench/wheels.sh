@@ -3,9 +3,10 @@
 #   1. psutil for linux-arm64, cross-compiled by `wheel-build --rebuild` (what it needs
 #      already built) versus built natively in an emulated arm64 container (Debian's own
 #      gcc and Python under QEMU, cibuildwheel's approach, the same sdist): target >= 10x.
-#   2. the whole matrix (`wheel-build`, every default spec, platform and Python), built
-#      from whatever the store lacks: its wall time, then per spec the wheels built and
-#      failed (with why) and the seconds its build containers ran.
+#   2. the whole matrix (`wheel-build --test`, every default spec, platform and Python),
+#      built from whatever the store lacks and each wheel imported on its runner: its wall
+#      time, then per spec the wheels built, failed (with why), imported on their runner
+#      and failing there, and the seconds its build containers ran.
 #   3. a no-op `wheel-build` of the whole matrix: wall time next to `dockerbuild --version`,
 #      containers started (Docker events by label: 0), under `unshare -n` (no network).
 # Usage: bench/wheels.sh [psutil] [matrix] [noop]   (default: all three)
@@ -49,7 +50,7 @@ if want matrix; then
     >"$work/events" &
   events=$!
   s=$(date +%s.%N)
-  "$bin" --store "$store" --locked --json wheel-build -o "$work/dist" >"$work/matrix.json" \
+  "$bin" --store "$store" --locked --json wheel-build --test -o "$work/dist" >"$work/matrix.json" \
     2>"$work/matrix.log" || tail -n 20 "$work/matrix.log"
   echo "matrix: $(echo "$(date +%s.%N) - $s" | bc)s"
   sleep 1; kill "$events"
@@ -65,10 +66,17 @@ for line in open(sys.argv[2]):
         start[key] = int(t)
     elif key in start:
         secs[key] += (int(t) - start.pop(key)) / 1e9
-specs = collections.defaultdict(lambda: {"ok": 0, "failed": [], "secs": 0.0})
+specs = collections.defaultdict(lambda: {"ok": 0, "failed": [], "secs": 0.0, "imported": 0, "untested": 0})
 for w in report["wheels"]:
     s = specs[w.get("spec", w["label"])]
     s["secs"] += secs.get((w.get("key") or "").removeprefix("blake3:"), 0.0)
+    t = w.get("test")
+    if t and t.get("error"):
+        s["failed"].append(f'{w.get("platform")} {w.get("python") or ""} on {t.get("runner")}: {t["error"][:120]}')
+    elif t:
+        s["imported"] += 1
+    elif w["status"] not in ("failed", "skipped"):
+        s["untested"] += 1
     if w["status"] in ("failed", "skipped"):
         lines = (w.get("error") or "needs " + w.get("needs", "?")).strip().splitlines()
         # The compiler's own message, if there is one, else the last line.
@@ -77,7 +85,9 @@ for w in report["wheels"]:
     else:
         s["ok"] += 1
 for name, s in sorted(specs.items()):
-    print(f'{name:14} {s["ok"]:3} ok {len(s["failed"]):3} failed {s["secs"]:7.1f}s in containers')
+    print(f'{name:14} {s["ok"]:3} built {len(s["failed"]):3} failed (to build or import)'
+          f' {s["imported"]:3} imported on a runner {s["untested"]:3} not tested (mac, windows)'
+          f' {s["secs"]:7.1f}s in containers')
     for f in s["failed"]:
         print("    failed", f)
 PY
