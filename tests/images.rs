@@ -9,11 +9,15 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::images::{dockerbuild, image, ready, repo, shared_store};
+use common::images::{OwnImage, dockerbuild, image, ready, repo, shared_store};
 
 fn run_in(platform: &str, dir: &Path, args: &[&str]) -> Output {
     image(platform);
-    dockerbuild(&shared_store(), dir)
+    run_in_store(&shared_store(), platform, dir, args)
+}
+
+fn run_in_store(store: &Path, platform: &str, dir: &Path, args: &[&str]) -> Output {
+    dockerbuild(store, dir)
         .args(["run", "-p", platform])
         .args(args)
         .output()
@@ -30,6 +34,9 @@ struct Target {
     machine: u16,
     abi: (u32, u32),
     qemu: Option<&'static str>,
+    /// No other test builds on it: its image lives in a store of its own and goes when
+    /// the test ends ([`OwnImage`]).
+    own: bool,
 }
 
 /// (ELF class, e_machine, e_flags) of a little-endian binary.
@@ -57,7 +64,16 @@ fn compile_and_run(t: &Target) {
     } else {
         "./hello-dyn"
     };
-    let out = run_in(
+    let own = t.own.then(|| OwnImage::new(platform));
+    let store = match &own {
+        Some(o) => o.store.clone(),
+        None => {
+            image(platform);
+            shared_store()
+        }
+    };
+    let out = run_in_store(
+        &store,
         platform,
         dir.path(),
         &[
@@ -101,9 +117,9 @@ fn compile_and_run(t: &Target) {
 /// EF_ARM_EABI_VER5 and EF_ARM_ABI_FLOAT_HARD.
 const ARM_EABI5_HARD: (u32, u32) = (0xff00_0400, 0x0500_0400);
 
-/// One test per platform: `name => (class, e_machine, (e_flags mask, value), qemu)`.
+/// One test per platform: `name => (class, e_machine, (e_flags mask, value), qemu, own)`.
 macro_rules! c_program_tests {
-    ($($test:ident: $platform:literal => ($class:expr, $machine:expr, $abi:expr, $qemu:expr);)*) => {$(
+    ($($test:ident: $platform:literal => ($class:expr, $machine:expr, $abi:expr, $qemu:expr, $own:expr);)*) => {$(
         #[test]
         fn $test() {
             if !ready() {
@@ -115,24 +131,25 @@ macro_rules! c_program_tests {
                 machine: $machine,
                 abi: $abi,
                 qemu: $qemu,
+                own: $own,
             });
         }
     )*};
 }
 
 c_program_tests! {
-    c_program_linux_x64: "linux-x64" => (2, 62, (0, 0), None);
-    c_program_linux_arm64: "linux-arm64" => (2, 183, (0, 0), Some("qemu-aarch64"));
-    c_program_linux_armv7: "linux-armv7" => (1, 40, ARM_EABI5_HARD, Some("qemu-arm"));
-    c_program_linux_x86: "linux-x86" => (1, 3, (0, 0), Some("qemu-i386"));
+    c_program_linux_x64: "linux-x64" => (2, 62, (0, 0), None, false);
+    c_program_linux_arm64: "linux-arm64" => (2, 183, (0, 0), Some("qemu-aarch64"), false);
+    c_program_linux_armv7: "linux-armv7" => (1, 40, ARM_EABI5_HARD, Some("qemu-arm"), false);
+    c_program_linux_x86: "linux-x86" => (1, 3, (0, 0), Some("qemu-i386"), true);
     // EF_MIPS_ARCH_32R2 and EF_MIPS_ABI_O32.
-    c_program_linux_mipsel: "linux-mipsel" => (1, 8, (0xf000_f000, 0x7000_1000), Some("qemu-mipsel"));
+    c_program_linux_mipsel: "linux-mipsel" => (1, 8, (0xf000_f000, 0x7000_1000), Some("qemu-mipsel"), true);
     // EF_MIPS_ARCH_64R2, no EF_MIPS_ABI (n64) and not EF_MIPS_ABI2 (n32).
-    c_program_linux_mips64el: "linux-mips64el" => (2, 8, (0xf000_f020, 0x8000_0000), Some("qemu-mips64el"));
+    c_program_linux_mips64el: "linux-mips64el" => (2, 8, (0xf000_f020, 0x8000_0000), Some("qemu-mips64el"), true);
     // ELFv2.
-    c_program_linux_ppc64le: "linux-ppc64le" => (2, 21, (0x3, 0x2), Some("qemu-ppc64le"));
+    c_program_linux_ppc64le: "linux-ppc64le" => (2, 21, (0x3, 0x2), Some("qemu-ppc64le"), true);
     // EF_RISCV_RVC and EF_RISCV_FLOAT_ABI_DOUBLE (lp64d).
-    c_program_linux_riscv64: "linux-riscv64" => (2, 243, (0x7, 0x5), Some("qemu-riscv64"));
+    c_program_linux_riscv64: "linux-riscv64" => (2, 243, (0x7, 0x5), Some("qemu-riscv64"), true);
 }
 
 #[test]

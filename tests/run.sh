@@ -38,6 +38,13 @@ else
   log "not root: Docker tests will be skipped unless a daemon is reachable"
 fi
 
+# A fresh machine gains nothing from incremental builds, and they take about 1 GB of disk.
+export CARGO_INCREMENTAL=0
+# The suite needs about 20 GB of free disk (toolchain images in the store and in Docker,
+# the build tree); say what there is, so a full disk is recognised as one.
+disk() { df -h --output=avail,target . /var/lib/docker 2>/dev/null | tail -n +2 | sed 's/^/    /'; }
+log "free disk:"; disk >&2
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
@@ -63,4 +70,5 @@ PY
 else
   cargo test --quiet || status=$?
 fi
+log "free disk at the end:"; disk >&2
 exit $status

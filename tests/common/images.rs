@@ -48,11 +48,45 @@ pub fn dockerbuild(store: &Path, dir: &Path) -> Command {
 
 /// Generates (or finds) a platform's image in the shared store; returns its ID.
 pub fn image(platform: &str) -> String {
+    image_in(&shared_store(), platform)
+}
+
+/// A platform's image generated in a store of its own, for a platform no other test
+/// builds on. When it is dropped, the store goes and so does the image in Docker, so the
+/// disk of a CI run holds one such image (twice: in the store and in Docker) at a time.
+pub struct OwnImage {
+    pub store: PathBuf,
+    pub id: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnImage {
+    pub fn new(platform: &str) -> OwnImage {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let id = image_in(&store, platform);
+        OwnImage {
+            store,
+            id,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for OwnImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["image", "rm", "--force", &self.id])
+            .output();
+    }
+}
+
+fn image_in(store: &Path, platform: &str) -> String {
     std::fs::create_dir_all(shared_store()).unwrap();
     // Serialize generation across the test processes of one run.
     let lock = File::create(shared_store().with_extension("lock")).unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    let out = dockerbuild(&shared_store(), &repo())
+    let out = dockerbuild(store, &repo())
         .args(["--json", "docker-generate", "-p", platform])
         .output()
         .unwrap();
