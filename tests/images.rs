@@ -282,10 +282,12 @@ fn images_are_reproducible_and_cached() {
         t0.elapsed()
     );
     let fresh = tempfile::tempdir().unwrap();
+    let lock = common::images::mmdebstrap_lock();
     let out = dockerbuild(&fresh.path().join("store"), &repo())
         .args(["--json", "docker-generate", "-p", "linux-x64"])
         .output()
         .unwrap();
+    drop(lock);
     common::assert_success(&out, &"docker-generate in an empty store");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["id"].as_str().unwrap(), id);

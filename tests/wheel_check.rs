@@ -285,6 +285,7 @@ fn test_imports_extensions_on_the_runner_and_refuses_a_pure_fallback() {
     if !ready() {
         return;
     }
+    common::images::image("run-x64");
     let dir = tempfile::tempdir().unwrap();
     let root = project(dir.path());
     let out = cmd(&shared_store(), &root)

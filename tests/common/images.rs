@@ -81,11 +81,18 @@ impl Drop for OwnImage {
     }
 }
 
-fn image_in(store: &Path, platform: &str) -> String {
+/// Held while a test runs mmdebstrap (image generation, root filesystems): one at a
+/// time across the test processes of a run, as two at once in root mode have been seen
+/// to leave each other's `/proc` busy.
+pub fn mmdebstrap_lock() -> File {
     std::fs::create_dir_all(shared_store()).unwrap();
-    // Serialize generation across the test processes of one run.
     let lock = File::create(shared_store().with_extension("lock")).unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    lock
+}
+
+fn image_in(store: &Path, platform: &str) -> String {
+    let _lock = mmdebstrap_lock();
     let out = dockerbuild(store, &repo())
         .args(["--json", "docker-generate", "-p", platform])
         .output()
