@@ -86,6 +86,10 @@ pub struct Toolchain {
     /// [`DEFAULT_PATH`] unless set here.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// A runner: it runs what was built for its architecture (`wheel-build --test`) and
+    /// builds nothing. Implied by an image that is not amd64.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub runner: bool,
 }
 
 /// A pinned source archive unpacked into the root filesystem.
@@ -469,11 +473,11 @@ impl Toolchain {
         Ok(())
     }
 
-    /// A runner, not a build platform: its image is the target's own userland (not
-    /// amd64), so everything in it runs under QEMU; tests import wheels in runners.
-    /// Builds need an amd64 image (the x86-64 host Python and cross compilers).
+    /// A runner, not a build platform: `runner = true`, or an image of the target's own
+    /// userland (not amd64), where everything runs under QEMU; wheels are imported in
+    /// runners. Builds need an amd64 image (the x86-64 host Python and cross compilers).
     pub fn is_runner(&self) -> bool {
-        self.host_arch() != "amd64"
+        self.runner || self.host_arch() != "amd64"
     }
 
     /// The image's own dpkg architecture (the first listed, or the base image's).

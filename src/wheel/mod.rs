@@ -129,13 +129,12 @@ impl Catalogue {
                 runner: Vec::new(),
             }
         };
-        // Builds run the x86-64 host Python, so only amd64 images build wheels; the
-        // others (run-arm64, ...), and the amd64 toolchains named as runners, are runners
-        // for tests.
+        // Builds run the x86-64 host Python, so only amd64 images build wheels; runners
+        // (run-arm64, run-x64, ...) import them.
         let mut platforms: Vec<Platform> = project
             .toolchains
             .iter()
-            .filter(|tc| !tc.is_runner() && !file.runner.iter().any(|r| r.toolchain == tc.name))
+            .filter(|tc| !tc.is_runner())
             .map(|tc| Platform {
                 name: tc.name.clone(),
                 wheel_tags: tc.wheel_tags.clone(),
@@ -162,8 +161,16 @@ impl Catalogue {
                     reason,
                 })
             };
-            if !project.toolchains.iter().any(|t| t.name == r.toolchain) {
-                return bad(format!("there is no toolchains/{}.toml", r.toolchain));
+            match project.toolchains.iter().find(|t| t.name == r.toolchain) {
+                None => return bad(format!("there is no toolchains/{}.toml", r.toolchain)),
+                Some(t) if !t.is_runner() => {
+                    return bad(format!(
+                        "toolchains/{}.toml is a build platform; a runner has `runner = true` \
+                         or an image of another architecture",
+                        r.toolchain
+                    ));
+                }
+                Some(_) => {}
             }
             for p in &r.platforms {
                 if !self.platform(p).is_some_and(|p| p.buildable) {
