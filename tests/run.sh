@@ -40,8 +40,8 @@ fi
 
 # A fresh machine gains nothing from incremental builds, and they take about 1 GB of disk.
 export CARGO_INCREMENTAL=0
-# The suite needs about 20 GB of free disk (toolchain images in the store and in Docker,
-# the build tree); say what there is, so a full disk is recognised as one.
+# The suite needs about 12 GB of free disk at its peak (toolchain images in the store and
+# in Docker, the build tree); say what there is, so a full disk is recognised as one.
 disk() { df -h --output=avail,target . /var/lib/docker 2>/dev/null | tail -n +2 | sed 's/^/    /'; }
 log "free disk:"; disk >&2
 
